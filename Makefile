@@ -1,0 +1,37 @@
+# fedi-filter-proxy: `make run` to serve on config/default.yaml, `make test` to run the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= config/default.yaml
+# torch/torchvision pinned to the releases this project is tested with
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install run test test-fast test-slow bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e '.[test]' $(TORCH_PINS)
+	touch $(STAMP)
+
+run: install
+	$(BIN)/fedi-filter serve --config $(CONFIG)
+
+# Default suite plus the slow tests (real-weight models, streaming tests): what CI runs.
+test: install
+	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m slow
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/python bench/bench_classifier.py
+	$(BIN)/python bench/bench_validate.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

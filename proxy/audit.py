@@ -1,0 +1,156 @@
+"""The audit store: one SQLite row per decision (never the media bytes).
+
+Writes go through a bounded queue to one writer thread, batched, so the event loop never waits on disk.
+The store also warms the verdict cache at start (recent model verdicts), so a restart does not re-judge
+everything at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    sha256 TEXT NOT NULL,
+    source TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    action TEXT NOT NULL,
+    decided_by TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    scores TEXT NOT NULL,
+    latency_ms REAL NOT NULL,
+    detail TEXT,
+    url TEXT
+);
+CREATE INDEX IF NOT EXISTS decisions_sha256 ON decisions (sha256);
+CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
+"""
+
+COLUMNS = ("ts", "sha256", "source", "instance", "policy", "action", "decided_by", "labels", "scores", "latency_ms", "detail", "url")
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    ts: float
+    sha256: str
+    source: str
+    instance: str
+    policy: str
+    action: str
+    decided_by: str
+    labels: list[str]
+    scores: dict[str, Any]
+    latency_ms: float
+    detail: str | None = None
+    url: str | None = None
+
+    def values(self) -> tuple[Any, ...]:
+        return (
+            self.ts, self.sha256, self.source, self.instance, self.policy, self.action, self.decided_by,
+            json.dumps(self.labels), json.dumps(self.scores), self.latency_ms, self.detail, self.url,
+        )
+
+
+class AuditStore:
+    def __init__(self, path: str, *, max_pending: int = 10_000, on_drop: Callable[[], None] | None = None) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
+        self._queue: asyncio.Queue[AuditRow] = asyncio.Queue(maxsize=max_pending)
+        self._conn: sqlite3.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._on_drop = on_drop
+
+    def _open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA)
+        self._conn = conn
+
+    async def open(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+        self._task = asyncio.get_running_loop().create_task(self._writer(), name="audit-writer")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            await self.flush()
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+
+    def record(self, row: AuditRow) -> None:
+        try:
+            self._queue.put_nowait(row)
+        except asyncio.QueueFull:
+            log.error("audit queue full: dropping the record of %s (%s)", row.sha256[:12], row.action)
+            if self._on_drop is not None:
+                self._on_drop()
+
+    async def flush(self) -> None:
+        await self._queue.join()
+
+    def _insert(self, rows: list[AuditRow]) -> None:
+        assert self._conn is not None
+        placeholders = ",".join("?" for _ in COLUMNS)
+        with self._conn:
+            self._conn.executemany(
+                f"INSERT INTO decisions ({','.join(COLUMNS)}) VALUES ({placeholders})", [r.values() for r in rows]
+            )
+
+    async def _writer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            rows = [await self._queue.get()]
+            while not self._queue.empty() and len(rows) < 500:
+                rows.append(self._queue.get_nowait())
+            try:
+                await loop.run_in_executor(self._executor, self._insert, rows)
+            except sqlite3.Error as exc:
+                log.error("audit write of %d records failed: %s", len(rows), exc)
+            finally:
+                for _ in rows:
+                    self._queue.task_done()
+
+    def _query(self, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
+        assert self._conn is not None
+        cur = self._conn.execute(sql, args)
+        names = [d[0] for d in cur.description]
+        out = []
+        for row in cur.fetchall():
+            item = dict(zip(names, row))
+            for key in ("labels", "scores"):
+                if key in item:
+                    item[key] = json.loads(item[key])
+            out.append(item)
+        return out
+
+    async def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._query, sql, args)
+
+    async def recent_model_verdicts(self, ttl_s: float, limit: int) -> list[dict[str, Any]]:
+        """The newest model verdict per (sha256, policy) younger than ttl_s (cache warm-up)."""
+        return await self.query(
+            "SELECT sha256, policy, action, labels, scores, MAX(ts) AS ts FROM decisions "
+            "WHERE decided_by = 'model' AND ts > ? GROUP BY sha256, policy ORDER BY ts DESC LIMIT ?",
+            (time.time() - ttl_s, limit),
+        )

@@ -1,0 +1,117 @@
+"""The ``fedi-filter`` command line: serve, check-config, scan."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .server import build_app
+
+    config = load_config(args.config)
+    logging.getLogger(__name__).info(
+        "serving %d instance(s) from %s on %s:%d", len(config.instances), config.source, config.server.host, config.server.port
+    )
+    web.run_app(build_app(config), host=config.server.host, port=config.server.port, print=None)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    print(f"{args.file}: OK")
+    for inst in config.instances:
+        hosts = ", ".join(inst.hosts) or "(default)"
+        print(f"  instance {inst.name}: kind={inst.kind} upstream={inst.upstream or '-'} hosts={hosts} policy={inst.policy.name}")
+    for policy in config.policies.values():
+        signals = sorted({s for s, _ in policy.rules.signals()})
+        labels = ", ".join(f"{r.name}->{policy.actions.get(r.name, 'accept')}" for r in policy.rules.labels)
+        print(
+            f"  policy {policy.name}: {len(policy.rules.concepts)} concepts, labels [{labels}], sources {signals}, "
+            f"on_error={policy.on_error}, allow={len(policy.allow)}, deny={len(policy.deny)}"
+        )
+    return 0
+
+
+async def _scan(args: argparse.Namespace) -> int:
+    from .metrics import Metrics
+    from .pipeline import Pipeline
+    from .server import classifier_for
+
+    config = load_config(args.config)
+    instance = config.instance_named(args.instance) if args.instance else config.instances[0]
+    if instance is None:
+        raise ConfigError("", f"no instance named {args.instance!r}")
+    metrics = Metrics()
+    classifier = classifier_for(config, metrics)
+    pipeline = Pipeline(config, classifier, None, metrics)
+    await classifier.start()
+    try:
+        await classifier.wait_ready()
+    except Exception as exc:  # the classifier's reason is the message
+        print(f"warning: {exc}; files get the policy's on_error ({instance.policy.on_error})", file=sys.stderr)
+    refused = 0
+    try:
+        for name in args.files:
+            try:
+                data = await asyncio.to_thread(Path(name).read_bytes)
+            except OSError as exc:
+                print(f"{name}: cannot read: {exc}", file=sys.stderr)
+                refused += 1
+                continue
+            verdict = await pipeline.judge(data, instance, "scan")
+            refused += not verdict.accepted
+            if args.json:
+                print(json.dumps({"file": name, **verdict.to_json()}), flush=True)
+            else:
+                labels = ",".join(verdict.labels) or "-"
+                extra = f" ({verdict.detail})" if verdict.detail else ""
+                print(f"{name}: {verdict.action} labels={labels} by={verdict.decided_by}{extra}", flush=True)
+    finally:
+        await classifier.close()
+        pipeline.close()
+    return 1 if refused else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedi-filter", description="Keep CSAM and unwanted media out of fediverse servers.")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error (default: info)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the reverse proxy and validation API")
+    p.add_argument("--config", help="config file (default: $FEDI_FILTER_CONFIG)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check-config", help="validate a config file and summarise it")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("scan", help="judge local files; exit 1 when any is refused")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--config", help="config file (default: $FEDI_FILTER_CONFIG)")
+    p.add_argument("--instance", help="instance whose policy applies (default: the first)")
+    p.add_argument("--json", action="store_true", help="one JSON verdict per line")
+    p.set_defaults(func=lambda a: asyncio.run(_scan(a)))
+
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,199 @@
+"""`fedi-filter serve`: the HTTP API (validation, scan, health, metrics) on one aiohttp app."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from classifier import Classifier
+
+from .audit import AuditStore
+from .config import Config, Instance
+from .metrics import Metrics
+from .pipeline import Pipeline, Verdict
+
+log = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+CLASSIFIER = web.AppKey("classifier", Classifier)
+PIPELINE = web.AppKey("pipeline", Pipeline)
+
+RETRY_AFTER_S = 5
+RETRYABLE = frozenset({"not_ready", "overloaded", "timeout"})
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body is over the limit of {limit} bytes")
+        self.limit = limit
+
+
+def json_error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, "msg": message, **extra}, status=status)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """Read a request body, refusing (without reading it all) one over ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def pick_instance(request: web.Request) -> Instance:
+    config = request.app[CONFIG]
+    name = request.query.get("instance")
+    if name is not None:
+        inst = config.instance_named(name)
+        if inst is None:
+            raise web.HTTPNotFound(text=json.dumps({"error": f"unknown instance {name!r}"}), content_type="application/json")
+        return inst
+    return config.instance_for_host(request.host)
+
+
+def validation_response(verdict: Verdict, instance: Instance) -> web.Response:
+    """pict-rs external_validation semantics: 2xx keeps the media, anything else refuses it."""
+    body = verdict.to_json()
+    if verdict.accepted:
+        return web.json_response(body, status=200)
+    body["msg"] = f"media refused: {verdict.detail or ', '.join(verdict.labels) or verdict.decided_by}"
+    if verdict.decided_by == "error" and verdict.error_kind in RETRYABLE:
+        return web.json_response(body, status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+    return web.json_response(body, status=instance.policy.reject_status)
+
+
+async def judge_body(request: web.Request, source: str) -> tuple[Verdict, Instance]:
+    instance = pick_instance(request)
+    config = request.app[CONFIG]
+    data = await read_body(request, config.server.max_body_bytes)
+    verdict = await request.app[PIPELINE].judge(data, instance, source)
+    return verdict, instance
+
+
+async def validate(request: web.Request) -> web.Response:
+    """POST /api/v1/validate: pict-rs ``external_validation`` (body = media)."""
+    verdict, instance = await judge_body(request, "validate")
+    return validation_response(verdict, instance)
+
+
+async def pictrs_safety_scan(request: web.Request) -> web.Response:
+    """POST /api/v1/scan/{pictrs_id}: pictrs-safety's URL, so its users switch by changing only the host."""
+    known = request.app[CONFIG].server.known_pictrs_ids
+    if known and request.match_info["pictrs_id"] not in known:
+        return json_error(401, "You are not authorized to use this service")
+    verdict, instance = await judge_body(request, "validate")
+    return validation_response(verdict, instance)
+
+
+def check_admin(request: web.Request) -> web.Response | None:
+    token = request.app[CONFIG].server.admin_token
+    if not token:
+        return json_error(403, "admin API disabled: set server.admin_token")
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return json_error(401, "missing or wrong admin token (Authorization: Bearer ...)")
+    return None
+
+
+async def scan(request: web.Request) -> web.Response:
+    """POST /api/v1/scan: judge a body and return the verdict with scores (admin token)."""
+    denied = check_admin(request)
+    if denied is not None:
+        return denied
+    verdict, _ = await judge_body(request, "scan")
+    return web.json_response(verdict.to_json())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: 200 when the classifier is ready, 503 (with the reason) while it is not."""
+    classifier = request.app[CLASSIFIER]
+    config = request.app[CONFIG]
+    body = {
+        "status": "ok" if classifier.ready else "not_ready",
+        "classifier": classifier.status(),
+        "config": config.source,
+        "instances": [{"name": i.name, "kind": i.kind, "policy": i.policy.name} for i in config.instances],
+    }
+    return web.json_response(body, status=200 if classifier.ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
+
+
+@web.middleware
+async def errors_and_counts(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
+    try:
+        response = await handler(request)
+    except BodyTooLarge as exc:
+        log.warning("%s %s from %s: %s", request.method, request.path, request.remote, exc)
+        request.app[METRICS].invalid.labels("too_large").inc()
+        response = json_error(413, str(exc))
+    except web.HTTPException as exc:
+        response = exc
+    request.app[METRICS].requests.labels(route, str(response.status)).inc()
+    if isinstance(response, web.HTTPException):
+        raise response
+    return response
+
+
+def classifier_for(config: Config, metrics: Metrics | None = None) -> Classifier:
+    signals = set().union(*(p.rules.signals() for p in config.policies.values()))
+    return Classifier(config.classifier, signals, on_batch=metrics.on_batch if metrics else None)
+
+
+async def services(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: classifier (loads in the background), audit store and pipeline for the app's life."""
+    config, m = app[CONFIG], app[METRICS]
+    classifier = classifier_for(config, m)
+    app[CLASSIFIER] = classifier
+    m.classifier_ready.set_function(lambda: 1.0 if classifier.ready else 0.0)
+    for name in classifier.source_names:
+        m.queue_depth.labels(name).set_function(
+            lambda n=name: float(classifier.batchers[n].queue_depth) if n in classifier.batchers else 0.0
+        )
+    audit = AuditStore(config.server.audit_db, on_drop=m.audit_dropped.inc) if config.server.audit_db else None
+    if audit is not None:
+        await audit.open()
+    pipeline = Pipeline(config, classifier, audit, m)
+    app[PIPELINE] = pipeline
+    warmed = await pipeline.warm_cache()
+    if warmed:
+        log.info("verdict cache warmed with %d recent verdicts from %s", warmed, config.server.audit_db)
+    await classifier.start()
+    try:
+        yield
+    finally:
+        await classifier.close()
+        pipeline.close()
+        if audit is not None:
+            await audit.close()
+
+
+def build_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[errors_and_counts], client_max_size=config.server.max_body_bytes)
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(services)
+    app.router.add_post("/api/v1/validate", validate)
+    app.router.add_post("/api/v1/scan", scan)
+    app.router.add_post("/api/v1/scan/{pictrs_id}", pictrs_safety_scan)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app

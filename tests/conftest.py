@@ -1,0 +1,142 @@
+"""Shared fixtures: configs with the tiny random-weight CLIP, benign real photos, crafted hostile media.
+
+Photos come from scikit-image, scikit-learn and matplotlib at run time (shared/MODELS.md); none is
+committed. Servers are real aiohttp servers on loopback, reached with real HTTP clients.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from proxy.config import Config, parse_config
+
+TINY_CLASSIFIER = {"model": "ffp-tiny-clip", "pretrained": "random", "device": "cpu", "max_batch": 8, "max_wait_ms": 5}
+NEVER = 1.0  # cosine similarity never exceeds 1: a concept that never hits
+ALWAYS = -1.0  # nor falls below -1: a concept that always hits
+
+
+def policy(threshold: float = NEVER, **overrides: Any) -> dict[str, Any]:
+    """A one-concept CLIP policy whose 'flagged' label rejects; the threshold decides hits."""
+    body: dict[str, Any] = {
+        "concepts": {"standin": {"prompts": {"a photo of a cat": threshold}}},
+        "labels": {"flagged": {"all": [{"concept": "standin"}]}},
+        "actions": {"flagged": "reject"},
+    }
+    body.update(overrides)
+    return body
+
+
+def config_dict(pol: dict[str, Any] | None = None, **sections: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "server": {"listen": "127.0.0.1:0", "audit_db": ":memory:", "admin_token": "secret"},
+        "classifier": dict(TINY_CLASSIFIER),
+        "policies": {"main": pol if pol is not None else policy()},
+        "instances": [{"name": "pictrs", "kind": "pictrs", "upstream": "http://127.0.0.1:9", "policy": "main"}],
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return raw
+
+
+def make_config(pol: dict[str, Any] | None = None, **sections: Any) -> Config:
+    return parse_config(copy.deepcopy(config_dict(pol, **sections)))
+
+
+# --- benign real photos ----------------------------------------------------------------------------
+
+
+@cache
+def photo_array(name: str) -> np.ndarray:
+    if name == "grace_hopper":
+        import matplotlib
+
+        path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+        return np.asarray(Image.open(path).convert("RGB"))
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_images
+
+        images = load_sample_images()
+        return next(img for fn, img in zip(images.filenames, images.images) if Path(fn).stem == name)
+    from skimage import data
+
+    return np.asarray(getattr(data, name)())
+
+
+def photo(name: str, fmt: str = "JPEG") -> bytes:
+    img = Image.fromarray(photo_array(name))
+    if fmt == "JPEG" and img.mode != "RGB":
+        img = img.convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+BENIGN = ("astronaut", "chelsea", "coffee", "rocket", "camera", "horse", "coins", "hubble_deep_field", "retina",
+          "moon", "colorwheel", "clock", "grace_hopper", "china", "flower")
+
+
+def animated_gif(names: list[str], size: tuple[int, int] = (128, 128)) -> bytes:
+    frames = [Image.fromarray(photo_array(n)).convert("RGB").resize(size) for n in names]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buf.getvalue()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (its data would inflate to gigabytes)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 65536, 9)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def mp4_video(names: list[str], size: tuple[int, int] = (128, 128)) -> bytes:
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        stream = out.add_stream("mpeg4", rate=4)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for n in names:
+            frame = av.VideoFrame.from_image(Image.fromarray(photo_array(n)).convert("RGB").resize(size))
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def photos() -> Callable[..., bytes]:
+    return photo
+
+
+@pytest.fixture(autouse=True)
+def _no_blocking_on_loop() -> Iterator[None]:
+    """Fail any blocking call made on the event loop in our own code (aiohttp's own test habit)."""
+    from blockbuster import BlockBuster
+
+    bb = BlockBuster(scanned_modules=["proxy", "classifier"])
+    bb.activate()
+    try:
+        yield
+    finally:
+        bb.deactivate()

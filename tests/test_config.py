@@ -1,0 +1,112 @@
+import copy
+from pathlib import Path
+
+import pytest
+
+from proxy.config import ConfigError, load_config, parse_config
+from tests.conftest import config_dict, policy
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", ["config/default.yaml", "examples/config.reference.yaml"])
+def test_shipped_configs_load(name: str) -> None:
+    cfg = load_config(ROOT / name)
+    assert cfg.instances and cfg.policies
+
+
+def test_default_policy_is_fail_closed_and_rejects_csam() -> None:
+    cfg = load_config(ROOT / "config/default.yaml")
+    pol = cfg.policies["csam"]
+    assert pol.on_error == "reject" and pol.on_invalid == "reject"
+    assert pol.action_for({"csam"}) == "reject"
+    assert pol.action_for({"nsfw"}) == "accept"
+    assert pol.action_for({"csam", "nsfw"}) == "reject"
+    assert cfg.classifier.clip.model == "ViT-L-14"
+
+
+def err(raw: dict) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    return info.value
+
+
+def test_unknown_policy_names_instance_path() -> None:
+    raw = config_dict()
+    raw["instances"].append({"name": "b", "policy": "nope", "upstream": "http://x"})
+    e = err(raw)
+    assert e.path == "instances[1].policy"
+    assert "'nope' is not a policy" in str(e)
+
+
+def test_rule_errors_carry_full_yaml_path() -> None:
+    raw = config_dict(policy(labels={"flagged": {"all": [{"concept": "typo"}]}}))
+    assert err(raw).path == "policies.main.labels.flagged.all[0].concept"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path"),
+    [
+        (lambda r: r["server"].update(listen="nope"), "server.listen"),
+        (lambda r: r["server"].update(colour="blue"), "server.colour"),
+        (lambda r: r["classifier"].update(device="tpu"), "classifier.device"),
+        (lambda r: r["classifier"].update(max_batch=0), "classifier.max_batch"),
+        (lambda r: r["policies"]["main"].update(on_error="maybe"), "policies.main.on_error"),
+        (lambda r: r["policies"]["main"].update(on_eror="accept"), "policies.main.on_eror"),
+        (lambda r: r["policies"]["main"]["actions"].update(flagged="burn"), "policies.main.actions.flagged"),
+        (lambda r: r["policies"]["main"]["actions"].update(other="reject"), "policies.main.actions.other"),
+        (lambda r: r["policies"]["main"].update(deny={"hashes": ["xyz"]}), "policies.main.deny.hashes[0]"),
+        (lambda r: r["policies"]["main"].update(limits={"max_pixels": -1}), "policies.main.limits.max_pixels"),
+        (lambda r: r["policies"]["main"]["actions"].update(flagged="quarantine"), "policies.main.quarantine_dir"),
+        (lambda r: r["instances"][0].update(kind="wordpress"), "instances[0].kind"),
+        (lambda r: r["instances"][0].update(upstream="ftp://x"), "instances[0].upstream"),
+        (lambda r: r["fetch"].update(allow_networks=["300.0.0.0/8"]), "fetch.allow_networks[0]"),
+        (lambda r: r.update(instances=[]), "instances"),
+    ],
+)
+def test_errors_name_their_path(mutate, path) -> None:
+    raw = copy.deepcopy(config_dict(fetch={}))
+    mutate(raw)
+    assert err(raw).path == path
+
+
+def test_detector_keys_are_checked() -> None:
+    raw = config_dict(policy(concepts={"standin": {"signals": {"nudenet.FACE_FEMAL": 0.5}}}))
+    e = err(raw)
+    assert "has no score 'FACE_FEMAL'" in str(e)
+    raw = config_dict(policy(concepts={"standin": {"signals": {"magic.x": 0.5}}}))
+    assert "unknown signal source 'magic'" in str(err(raw))
+
+
+def test_env_expansion(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = config_dict()
+    raw["server"]["admin_token"] = "${FFP_TEST_TOKEN}"
+    raw["server"]["audit_db"] = "${FFP_TEST_UNSET:-fallback.db}"
+    monkeypatch.setenv("FFP_TEST_TOKEN", "s3cret")
+    cfg = parse_config(copy.deepcopy(raw))
+    assert cfg.server.admin_token == "s3cret"
+    assert cfg.server.audit_db == "fallback.db"
+    monkeypatch.delenv("FFP_TEST_TOKEN")
+    e = err(raw)
+    assert e.path == "server.admin_token" and "FFP_TEST_TOKEN is not set" in str(e)
+
+
+def test_hash_list_files(tmp_path: Path) -> None:
+    good = "a" * 64
+    (tmp_path / "allow.txt").write_text(f"# reviewed false positives\n{good}  holiday photo\n\n")
+    (tmp_path / "bad.txt").write_text("not-a-hash\n")
+    raw = config_dict(policy(allow={"files": ["allow.txt"]}))
+    cfg = parse_config(copy.deepcopy(raw), base=tmp_path)
+    assert cfg.policies["main"].allow.sha256 == {good}
+    raw = config_dict(policy(allow={"files": ["bad.txt"]}))
+    with pytest.raises(ConfigError, match=r"bad.txt:1: 'not-a-hash' is not a valid"):
+        parse_config(raw, base=tmp_path)
+
+
+def test_instance_for_host() -> None:
+    raw = config_dict()
+    raw["instances"].append({"name": "social", "hosts": ["Social.Example"], "policy": "main", "upstream": "http://m"})
+    cfg = parse_config(raw)
+    assert cfg.instance_for_host("social.example:443").name == "social"
+    assert cfg.instance_for_host("other.example").name == "pictrs"
+    assert cfg.instance_for_host(None).name == "pictrs"
