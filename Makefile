@@ -23,11 +23,11 @@ run: install
 
 # Default suite plus the slow tests (real-weight models, streaming tests): what CI runs.
 test: install
-	$(BIN)/python -m pytest -q -m "not slow"
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -rs -m "not slow"
+	$(BIN)/python -m pytest -q -rs -m slow
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -rs -m "not slow"
 
 bench: install
 	$(BIN)/python bench/bench_classifier.py

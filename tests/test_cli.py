@@ -1,0 +1,108 @@
+"""The fedi-filter command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import config_dict, photo
+from tests.test_semantic import FACES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args], capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_check_config_ok_and_summary() -> None:
+    r = run("check-config", "config/default.yaml")
+    assert r.returncode == 0, r.stderr
+    assert "policy csam" in r.stdout and "csam->reject" in r.stdout
+
+
+def test_check_config_error_names_the_path(tmp_path: Path) -> None:
+    raw = config_dict()
+    raw["instances"][0]["policy"] = "missing"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    r = run("check-config", str(path))
+    assert r.returncode == 2
+    assert "instances[0].policy: 'missing' is not a policy" in r.stderr
+    path.write_text("server: [unclosed")
+    r = run("check-config", str(path))
+    assert r.returncode == 2 and "not valid YAML" in r.stderr
+
+
+def test_scan_prints_one_verdict_per_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "faces.yaml"
+    cfg.write_text(yaml.safe_dump(config_dict(FACES)))
+    files = []
+    for name in ("astronaut", "coffee"):
+        f = tmp_path / f"{name}.jpg"
+        f.write_bytes(photo(name))
+        files.append(str(f))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(photo("coffee", "PNG")[:999])
+    r = run("scan", "--config", str(cfg), "--json", *files, str(broken))
+    assert r.returncode == 1, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(v["file"], v["action"]) for v in lines] == [(files[0], "reject"), (files[1], "accept"), (str(broken), "reject")]
+    assert lines[0]["labels"] == ["portrait"] and lines[2]["error_kind"] == "corrupt"
+    r = run("scan", "--config", str(cfg), files[1])
+    assert r.returncode == 0 and r.stdout.startswith(f"{files[1]}: accept")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_make_run_defaults_serve_offline_and_fail_closed(tmp_path: Path) -> None:
+    """What `make run` starts on a fresh offline machine: it serves, /healthz says why the classifier is
+    not ready, and media is refused meanwhile (on_error: reject), never silently passed."""
+    port = free_port()
+    env = {**os.environ, "FEDI_FILTER_LISTEN": f"127.0.0.1:{port}", "FEDI_FILTER_AUDIT_DB": str(tmp_path / "a.db"),
+           "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", "config/default.yaml"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        body = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            except urllib.error.HTTPError as exc:
+                body = json.loads(exc.read())
+                if body["classifier"]["state"] == "failed":
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert body is not None and body["classifier"]["state"] == "failed", body
+        assert "ViT-L-14" in body["classifier"]["reason"]
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/validate", data=photo("coffee"),
+                                     headers={"Content-Type": "image/jpeg"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=10)
+        assert info.value.code == 503
+        assert json.loads(info.value.read())["error_kind"] == "not_ready"
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "classifier not ready" in out

@@ -1,0 +1,53 @@
+"""Semantic tests with REAL weights and benign stand-in concepts (never anything else).
+
+- Faces (NudeNet's FACE_FEMALE/FACE_MALE, weights shipped in the pip package, always run): portraits are
+  refused, other photos accepted, through POST /api/v1/validate end to end.
+- "a photo of a cat" with real CLIP weights: no pip package ships CLIP weights (shared/MODELS.md), so
+  this runs only where FFP_CLIP_WEIGHTS names a weights file (FFP_CLIP_MODEL its architecture, default
+  ViT-B-32), and is reported as skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.conftest import make_config, photo
+from tests.test_server import post_media, start
+
+FACES = {
+    "concepts": {"face": {"signals": {"nudenet.FACE_FEMALE": 0.5, "nudenet.FACE_MALE": 0.5}}},
+    "labels": {"portrait": {"any": [{"concept": "face"}]}},
+    "actions": {"portrait": "reject"},
+}
+
+
+async def test_face_standin_policy_refuses_portraits_and_accepts_the_rest(aiohttp_client) -> None:
+    client = await start(aiohttp_client, make_config(FACES))
+    for name in ("astronaut", "grace_hopper"):
+        status, body = await post_media(client, photo(name))
+        assert status == 406, (name, body)
+        assert body["labels"] == ["portrait"]
+        assert max(body["scores"]["nudenet"].values()) > 0.5
+    for name in ("coffee", "rocket", "chelsea"):
+        status, body = await post_media(client, photo(name))
+        assert status == 200, (name, body)
+
+
+CLIP_WEIGHTS = os.environ.get("FFP_CLIP_WEIGHTS")
+
+
+@pytest.mark.weights
+@pytest.mark.skipif(not CLIP_WEIGHTS, reason="real CLIP weights not available: set FFP_CLIP_WEIGHTS=/path/to/weights (and FFP_CLIP_MODEL) to run")
+async def test_cat_standin_with_real_clip_weights(aiohttp_client) -> None:
+    cats = {
+        "concepts": {"cat": {"prompts": {"a photo of a cat": float(os.environ.get("FFP_CAT_THRESHOLD", "0.25"))}}},
+        "labels": {"cat": {"all": [{"concept": "cat"}]}},
+        "actions": {"cat": "reject"},
+    }
+    classifier = {"model": os.environ.get("FFP_CLIP_MODEL", "ViT-B-32"), "pretrained": CLIP_WEIGHTS}
+    client = await start(aiohttp_client, make_config(cats, classifier=classifier))
+    assert (await post_media(client, photo("chelsea")))[0] == 406
+    for name in ("coffee", "rocket", "astronaut", "moon"):
+        assert (await post_media(client, photo(name)))[0] == 200, name
