@@ -11,15 +11,13 @@ import io
 import struct
 import zlib
 from collections.abc import Callable, Iterator
-from functools import cache
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from proxy.config import Config, parse_config
+from tests.photos import photo, photo_array
 
 TINY_CLASSIFIER = {"model": "ffp-tiny-clip", "pretrained": "random", "device": "cpu", "max_batch": 8, "max_wait_ms": 5}
 NEVER = 1.0  # cosine similarity never exceeds 1: a concept that never hits
@@ -54,39 +52,6 @@ def config_dict(pol: dict[str, Any] | None = None, **sections: Any) -> dict[str,
 
 def make_config(pol: dict[str, Any] | None = None, **sections: Any) -> Config:
     return parse_config(copy.deepcopy(config_dict(pol, **sections)))
-
-
-# --- benign real photos ----------------------------------------------------------------------------
-
-
-@cache
-def photo_array(name: str) -> np.ndarray:
-    if name == "grace_hopper":
-        import matplotlib
-
-        path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-        return np.asarray(Image.open(path).convert("RGB"))
-    if name in ("china", "flower"):
-        from sklearn.datasets import load_sample_images
-
-        images = load_sample_images()
-        return next(img for fn, img in zip(images.filenames, images.images) if Path(fn).stem == name)
-    from skimage import data
-
-    return np.asarray(getattr(data, name)())
-
-
-def photo(name: str, fmt: str = "JPEG") -> bytes:
-    img = Image.fromarray(photo_array(name))
-    if fmt == "JPEG" and img.mode != "RGB":
-        img = img.convert("RGB")
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
-
-
-BENIGN = ("astronaut", "chelsea", "coffee", "rocket", "camera", "horse", "coins", "hubble_deep_field", "retina",
-          "moon", "colorwheel", "clock", "grace_hopper", "china", "flower")
 
 
 def animated_gif(names: list[str], size: tuple[int, int] = (128, 128)) -> bytes:

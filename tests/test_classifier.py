@@ -12,7 +12,7 @@ from PIL import Image
 from classifier import Classifier, ClassifierNotReady, ClassifierSettings, ClipSettings, SourceLoadError
 from classifier.detectors import NudeNetSource, OpenNSFWSource
 from classifier.sources import ClipSource, register_model_configs
-from tests.conftest import photo_array
+from tests.photos import photo_array
 
 TINY = ClipSettings(model="ffp-tiny-clip", pretrained=None, device="cpu")
 
@@ -129,7 +129,10 @@ async def test_classifier_scores_frames_from_several_sources_concurrently() -> N
     frames = [Image.fromarray(photo_array(n)) for n in ("astronaut", "coffee")]
     results = await asyncio.gather(*(c.score(frames, {"clip", "open_nsfw", "nudenet"}) for _ in range(3)))
     await c.close()
-    assert results[0] == results[1] == results[2]
+    for other in results[1:]:  # batch composition may move the last float bits, nothing more
+        for a, b in zip(results[0], other):
+            assert a.keys() == b.keys()
+            assert all(a[k] == pytest.approx(b[k], abs=1e-4) for k in a)
     astro, coffee = results[0]
     assert astro[("nudenet", "FACE_FEMALE")] > 0.5 and coffee[("nudenet", "FACE_FEMALE")] == 0.0
     assert ("clip", "a cat") in astro and 0 <= astro[("open_nsfw", "nsfw")] <= 1

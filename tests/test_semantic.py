@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +54,19 @@ async def test_cat_standin_with_real_clip_weights(aiohttp_client) -> None:
     assert (await post_media(client, photo("chelsea")))[0] == 406
     for name in ("coffee", "rocket", "astronaut", "moon"):
         assert (await post_media(client, photo(name)))[0] == 200, name
+
+
+async def test_cpu_policy_uses_only_detectors_and_accepts_the_benign_corpus(aiohttp_client, tmp_path) -> None:
+    """config/cpu.yaml end to end: no CLIP loaded, every benign photo the packages ship accepted."""
+    from proxy.config import load_config
+    from tests.photos import CORPUS
+
+    cfg = await asyncio.to_thread(load_config, Path(__file__).resolve().parent.parent / "config" / "cpu.yaml")
+    cfg = replace(cfg, server=replace(cfg.server, audit_db=str(tmp_path / "a.db")))
+    client = await start(aiohttp_client, cfg)
+    health = await (await client.get("/healthz")).json()
+    assert set(health["classifier"]["sources"]) == {"open_nsfw", "nudenet"}
+    for name in CORPUS:
+        status, body = await post_media(client, photo(name))
+        assert status == 200, (name, body)
+        assert set(body["scores"]) == {"open_nsfw", "nudenet"}
