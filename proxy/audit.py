@@ -38,6 +38,13 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_sha256 ON decisions (sha256);
 CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
+CREATE TABLE IF NOT EXISTS denied_urls (
+    url TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    sha256 TEXT,
+    policy TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
 """
 
 COLUMNS = ("ts", "sha256", "source", "instance", "policy", "action", "decided_by", "labels", "scores", "latency_ms", "detail", "url")
@@ -65,11 +72,25 @@ class AuditRow:
         )
 
 
+@dataclass(frozen=True)
+class DeniedUrl:
+    """A URL that must not be fetched or stored downstream (an inbox `strip`, a flagged ingestion)."""
+
+    url: str
+    ts: float
+    sha256: str | None
+    policy: str
+    reason: str
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.url, self.ts, self.sha256, self.policy, self.reason)
+
+
 class AuditStore:
     def __init__(self, path: str, *, max_pending: int = 10_000, on_drop: Callable[[], None] | None = None) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
-        self._queue: asyncio.Queue[AuditRow] = asyncio.Queue(maxsize=max_pending)
+        self._queue: asyncio.Queue[AuditRow | DeniedUrl] = asyncio.Queue(maxsize=max_pending)
         self._conn: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._on_drop = on_drop
@@ -98,24 +119,41 @@ class AuditStore:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
 
-    def record(self, row: AuditRow) -> None:
+    def record(self, row: AuditRow | DeniedUrl) -> None:
         try:
             self._queue.put_nowait(row)
         except asyncio.QueueFull:
-            log.error("audit queue full: dropping the record of %s (%s)", row.sha256[:12], row.action)
+            log.error("audit queue full: dropping %s", row)
             if self._on_drop is not None:
                 self._on_drop()
 
     async def flush(self) -> None:
         await self._queue.join()
 
-    def _insert(self, rows: list[AuditRow]) -> None:
+    def _insert(self, rows: list[AuditRow | DeniedUrl]) -> None:
         assert self._conn is not None
         placeholders = ",".join("?" for _ in COLUMNS)
+        decisions = [r.values() for r in rows if isinstance(r, AuditRow)]
+        denied = [r.values() for r in rows if isinstance(r, DeniedUrl)]
         with self._conn:
-            self._conn.executemany(
-                f"INSERT INTO decisions ({','.join(COLUMNS)}) VALUES ({placeholders})", [r.values() for r in rows]
-            )
+            if decisions:
+                self._conn.executemany(f"INSERT INTO decisions ({','.join(COLUMNS)}) VALUES ({placeholders})", decisions)
+            if denied:
+                self._conn.executemany("INSERT OR REPLACE INTO denied_urls VALUES (?, ?, ?, ?, ?)", denied)
+
+    async def denied_url(self, url: str) -> dict[str, Any] | None:
+        """The denial of ``url`` (by any process sharing this database), or None."""
+        rows = await self.query("SELECT url, ts, sha256, policy, reason FROM denied_urls WHERE url = ?", (url,))
+        return rows[0] if rows else None
+
+    async def model_verdict(self, sha256: str, policy: str, ttl_s: float) -> dict[str, Any] | None:
+        """The newest model verdict for (sha256, policy) younger than ttl_s, from any process."""
+        rows = await self.query(
+            "SELECT action, labels, scores FROM decisions WHERE sha256 = ? AND policy = ? AND decided_by = 'model' "
+            "AND ts > ? ORDER BY ts DESC LIMIT 1",
+            (sha256, policy, time.time() - ttl_s),
+        )
+        return rows[0] if rows else None
 
     async def _writer(self) -> None:
         loop = asyncio.get_running_loop()

@@ -54,6 +54,8 @@ class FetchConfig:
     max_bytes: int = 41_943_040
     timeout_ms: int = 5000
     max_redirects: int = 3
+    max_urls: int = 16
+    """Media URLs judged per inbox delivery (the first ones found); the rest are left to downstream checks."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class Policy:
     rules: Rules
     actions: Mapping[str, str]
     inbox: str = "strip"
+    prefetch: bool = True
+    """Inboxes: judge media before forwarding (True) or forward at once and judge in the background."""
     on_error: str = "reject"
     on_invalid: str = "reject"
     timeout_ms: int = 8000
@@ -108,14 +112,14 @@ class Config:
     def instance_named(self, name: str) -> Instance | None:
         return next((i for i in self.instances if i.name == name), None)
 
-    def instance_for_host(self, host: str | None) -> Instance:
-        """The instance serving ``host`` (port stripped); the first instance when none claims it."""
+    def instance_claiming(self, host: str | None) -> Instance | None:
+        """The instance whose ``hosts`` list ``host`` (port stripped): its traffic is reverse-proxied."""
         if host:
-            bare = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            bare = (host.rsplit(":", 1)[0] if not host.endswith("]") else host).lower()
             for inst in self.instances:
-                if bare.lower() in inst.hosts:
+                if bare in inst.hosts:
                     return inst
-        return self.instances[0]
+        return None
 
 
 # --- generic helpers -------------------------------------------------------------------------------
@@ -265,6 +269,7 @@ def _fetch(s: _Section) -> FetchConfig:
         max_bytes=s.positive("max_bytes", FetchConfig.max_bytes),
         timeout_ms=s.positive("timeout_ms", FetchConfig.timeout_ms),
         max_redirects=s.get("max_redirects", int, FetchConfig.max_redirects),
+        max_urls=s.positive("max_urls", FetchConfig.max_urls),
     )
     s.done()
     return cfg
@@ -340,6 +345,7 @@ def _policy(name: str, s: _Section, base: Path) -> Policy:
         rules=rules,
         actions=actions,
         inbox=s.choice("inbox", INBOX_ACTIONS, "strip"),
+        prefetch=s.get("prefetch", bool, True),
         on_error=s.choice("on_error", ("reject", "accept"), "reject"),
         on_invalid=s.choice("on_invalid", ("reject", "accept"), "reject"),
         timeout_ms=s.positive("timeout_ms", 8000),
@@ -376,6 +382,8 @@ def _instances(raw: Any, policies: Mapping[str, Policy]) -> tuple[Instance, ...]
         if upstream and not re.match(r"^https?://[^/]+", upstream):
             raise ConfigError(s.sub("upstream"), f"expected an http(s):// URL, got {upstream!r}")
         hosts = tuple(h.lower() for h in _str_list(s.raw_value("hosts"), s.sub("hosts")))
+        if hosts and not upstream:
+            raise ConfigError(s.sub("upstream"), "an instance with hosts is reverse-proxied and needs an upstream URL")
         for h in hosts:
             if h in seen_hosts:
                 raise ConfigError(s.sub("hosts"), f"host {h!r} already belongs to instance {seen_hosts[h]!r}")

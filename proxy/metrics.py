@@ -40,6 +40,10 @@ class Metrics:
         )
         self.queue_depth = Gauge("ffp_classifier_queue_depth", "Frames waiting for a model", ["model"], registry=r)
         self.classifier_ready = Gauge("ffp_classifier_ready", "1 when the classifier is loaded", registry=r)
+        self.fetch_errors = Counter("ffp_fetch_errors", "Fetches the proxy made that failed (blocked = SSRF refused)", ["kind"], registry=r)
+        self.inbox = Counter("ffp_inbox_deliveries", "Inbox deliveries by outcome", ["instance", "outcome"], registry=r)
+        self.uploads = Counter("ffp_uploads", "Intercepted uploads by outcome", ["instance", "outcome"], registry=r)
+        self.background = Gauge("ffp_background_judgements", "Judgements running after their request was answered", registry=r)
         self.audit_dropped = Counter("ffp_audit_dropped", "Audit records dropped (writer queue full)", registry=r)
 
     def on_batch(self, model: str, size: int, seconds: float) -> None:

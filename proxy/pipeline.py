@@ -22,8 +22,9 @@ from cachetools import TTLCache
 
 from classifier import Classifier, ClassifierNotReady, Overloaded, Signal
 
-from .audit import AuditRow, AuditStore
+from .audit import AuditRow, AuditStore, DeniedUrl
 from .config import Config, Instance, Policy
+from .fetch import Fetcher, FetchError
 from .media import Decoded, MediaError, decode
 from .metrics import Metrics
 
@@ -43,11 +44,11 @@ class Verdict:
     instance: str
     latency_ms: float
     decided_by: str
-    """model | cache | allowlist | denylist | invalid | error | no_rules"""
+    """model | cache | allowlist | denylist | invalid | error | no_rules | denied_url | fetch"""
     detail: str | None = None
     mime: str | None = None
     error_kind: str | None = None
-    """For decided_by invalid/error: MediaError.KINDS, or not_ready | overloaded | timeout | internal."""
+    """invalid: MediaError.KINDS; error: not_ready | overloaded | timeout | internal; fetch: FetchError kinds."""
     policy: str = ""
     frames: int | None = None
 
@@ -85,14 +86,22 @@ def _group_scores(scores: dict[Signal, float]) -> dict[str, dict[str, float]]:
 
 
 class Pipeline:
-    def __init__(self, config: Config, classifier: Classifier, audit: AuditStore | None, metrics: Metrics) -> None:
+    def __init__(
+        self, config: Config, classifier: Classifier, audit: AuditStore | None, metrics: Metrics,
+        fetcher: Fetcher | None = None,
+    ) -> None:
         self.config = config
         self.classifier = classifier
         self.audit = audit
         self.metrics = metrics
+        self.fetcher = fetcher
         self.cache: TTLCache[tuple[str, str], Verdict] = TTLCache(
             maxsize=config.server.cache_size, ttl=config.server.cache_ttl_s
         )
+        self.url_cache: TTLCache[tuple[str, str], Verdict] = TTLCache(
+            maxsize=config.server.cache_size, ttl=config.server.cache_ttl_s
+        )
+        self.denied_urls: TTLCache[str, str] = TTLCache(maxsize=config.server.cache_size, ttl=config.server.cache_ttl_s)
         self._pool = ThreadPoolExecutor(max_workers=config.server.decode_workers, thread_name_prefix="decode")
 
     async def warm_cache(self) -> int:
@@ -136,7 +145,7 @@ class Pipeline:
             self.metrics.list_hits.labels("allow").inc()
             return finish(action="accept", labels=(), scores={}, decided_by="allowlist", detail=allow)
 
-        cached = self.cache.get((sha256, policy.name))
+        cached = await self._cached(sha256, policy)
         if cached is not None:
             self.metrics.cache_hits.inc()
             return finish(action=cached.action, labels=cached.labels, scores=cached.scores, decided_by="cache", mime=cached.mime)
@@ -183,6 +192,71 @@ class Pipeline:
         self.cache[(sha256, policy.name)] = verdict
         if action == "quarantine" and policy.quarantine_dir:
             await loop.run_in_executor(self._pool, _quarantine, policy.quarantine_dir, sha256, data)
+        return verdict
+
+    async def _cached(self, sha256: str, policy: Policy) -> Verdict | None:
+        """A verdict from memory, or one another process sharing the audit store reached (egress/serve)."""
+        cached = self.cache.get((sha256, policy.name))
+        if cached is None and self.audit is not None:
+            row = await self.audit.model_verdict(sha256, policy.name, self.config.server.cache_ttl_s)
+            if row is not None:
+                cached = Verdict(
+                    sha256=sha256, action=row["action"], labels=tuple(row["labels"]), scores=row["scores"], source="",
+                    instance="", latency_ms=0.0, decided_by="model", policy=policy.name,
+                )
+                self.cache[(sha256, policy.name)] = cached
+        return cached
+
+    async def url_denial(self, url: str) -> str | None:
+        """Why ``url`` must not be fetched or stored (denied by an inbox strip or a flagged fetch), or None."""
+        reason = self.denied_urls.get(url)
+        if reason is None and self.audit is not None:
+            row = await self.audit.denied_url(url)
+            if row is not None:
+                reason = row["reason"]
+                self.denied_urls[url] = reason
+        return reason
+
+    def deny_url(self, url: str, verdict: Verdict, reason: str) -> None:
+        self.denied_urls[url] = reason
+        if self.audit is not None:
+            self.audit.record(DeniedUrl(url, time.time(), verdict.sha256 or None, verdict.policy, reason))
+
+    async def judge_url(self, url: str, instance: Instance, source: str) -> Verdict:
+        """Fetch ``url`` (SSRF-safe) and judge its bytes; verdicts are cached by URL as well as by sha256,
+        and refused URLs are denied downstream. Never raises."""
+        started = time.perf_counter()
+        policy = instance.policy
+
+        def unfetched(**kw: Any) -> Verdict:
+            v = Verdict(sha256="", source=source, instance=instance.name, policy=policy.name, labels=(), scores={},
+                        latency_ms=(time.perf_counter() - started) * 1000, **kw)
+            self._record(v, policy, url)
+            return v
+
+        reason = await self.url_denial(url)
+        if reason is not None:
+            return unfetched(action="reject", decided_by="denied_url", detail=reason)
+        cached = self.url_cache.get((url, policy.name))
+        if cached is not None:
+            self.metrics.cache_hits.inc()
+            return unfetched(action=cached.action, decided_by="cache", detail=f"url verdict {cached.sha256[:12]}")
+        assert self.fetcher is not None, "Pipeline needs a Fetcher to judge URLs"
+        try:
+            fetched = await self.fetcher.fetch(url)
+        except FetchError as exc:
+            self.metrics.fetch_errors.labels(exc.kind).inc()
+            log.warning("fetch of %s for %s failed: %s (%s)", url, source, exc.kind, exc)
+            action = "reject" if exc.kind == "blocked" or policy.on_error == "reject" else "accept"
+            verdict = unfetched(action=action, decided_by="fetch", detail=str(exc), error_kind=exc.kind)
+            if exc.kind == "blocked":
+                self.deny_url(url, verdict, f"blocked: {exc}")
+            return verdict
+        verdict = await self.judge(fetched.body, instance, source, url=url)
+        if verdict.decided_by in ("model", "cache", "denylist", "allowlist"):
+            self.url_cache[(url, policy.name)] = verdict
+        if not verdict.accepted and verdict.decided_by in ("model", "cache", "denylist"):
+            self.deny_url(url, verdict, f"{verdict.action}: {', '.join(verdict.labels) or verdict.decided_by}")
         return verdict
 
     def _invalid(self, finish: Any, policy: Policy, kind: str, detail: str, sha256: str, source: str) -> Verdict:

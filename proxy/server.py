@@ -14,7 +14,10 @@ from classifier import Classifier
 
 from .audit import AuditStore
 from .config import Config, Instance
+from .fetch import Fetcher
+from .intercept import RETRY_AFTER_S, BodyTooLarge, Context, handle, is_retryable, read_body
 from .metrics import Metrics
+from .passthrough import Forwarder
 from .pipeline import Pipeline, Verdict
 
 log = logging.getLogger(__name__)
@@ -23,44 +26,22 @@ CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 CLASSIFIER = web.AppKey("classifier", Classifier)
 PIPELINE = web.AppKey("pipeline", Pipeline)
-
-RETRY_AFTER_S = 5
-RETRYABLE = frozenset({"not_ready", "overloaded", "timeout"})
-
-
-class BodyTooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"body is over the limit of {limit} bytes")
-        self.limit = limit
-
+CONTEXT = web.AppKey("context", Context)
 
 def json_error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, "msg": message, **extra}, status=status)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """Read a request body, refusing (without reading it all) one over ``limit`` bytes."""
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def pick_instance(request: web.Request) -> Instance:
+    """``?instance=NAME``, else the first instance (pict-rs can add the parameter to its validation URL)."""
     config = request.app[CONFIG]
     name = request.query.get("instance")
-    if name is not None:
-        inst = config.instance_named(name)
-        if inst is None:
-            raise web.HTTPNotFound(text=json.dumps({"error": f"unknown instance {name!r}"}), content_type="application/json")
-        return inst
-    return config.instance_for_host(request.host)
+    if name is None:
+        return config.instances[0]
+    inst = config.instance_named(name)
+    if inst is None:
+        raise web.HTTPNotFound(text=json.dumps({"error": f"unknown instance {name!r}"}), content_type="application/json")
+    return inst
 
 
 def validation_response(verdict: Verdict, instance: Instance) -> web.Response:
@@ -69,7 +50,7 @@ def validation_response(verdict: Verdict, instance: Instance) -> web.Response:
     if verdict.accepted:
         return web.json_response(body, status=200)
     body["msg"] = f"media refused: {verdict.detail or ', '.join(verdict.labels) or verdict.decided_by}"
-    if verdict.decided_by == "error" and verdict.error_kind in RETRYABLE:
+    if is_retryable(verdict):
         return web.json_response(body, status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
     return web.json_response(body, status=instance.policy.reject_status)
 
@@ -134,11 +115,21 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 @web.middleware
-async def errors_and_counts(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
+async def reverse_proxy(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Requests for a Host an instance claims go to that instance (intercepted or streamed through); any
+    other Host reaches this server's own API (validation, scan, health, metrics)."""
+    instance = request.app[CONFIG].instance_claiming(request.host)
+    if instance is None:
+        return await handler(request)
+    return await handle(request.app[CONTEXT], request, instance)
+
+
+@web.middleware
+async def errors_and_counts(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
     except BodyTooLarge as exc:
@@ -147,6 +138,8 @@ async def errors_and_counts(
         response = json_error(413, str(exc))
     except web.HTTPException as exc:
         response = exc
+    resource = request.match_info.route.resource
+    route = request.get("ffp_route") or (resource.canonical if resource else "other")
     request.app[METRICS].requests.labels(route, str(response.status)).inc()
     if isinstance(response, web.HTTPException):
         raise response
@@ -171,8 +164,13 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     audit = AuditStore(config.server.audit_db, on_drop=m.audit_dropped.inc) if config.server.audit_db else None
     if audit is not None:
         await audit.open()
-    pipeline = Pipeline(config, classifier, audit, m)
+    fetcher = Fetcher(config.fetch)
+    await fetcher.start()
+    forwarder = Forwarder()
+    await forwarder.start()
+    pipeline = Pipeline(config, classifier, audit, m, fetcher)
     app[PIPELINE] = pipeline
+    app[CONTEXT] = Context(config, pipeline, forwarder, m)
     warmed = await pipeline.warm_cache()
     if warmed:
         log.info("verdict cache warmed with %d recent verdicts from %s", warmed, config.server.audit_db)
@@ -180,6 +178,9 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await app[CONTEXT].close()
+        await forwarder.close()
+        await fetcher.close()
         await classifier.close()
         pipeline.close()
         if audit is not None:
@@ -187,7 +188,7 @@ async def services(app: web.Application) -> AsyncIterator[None]:
 
 
 def build_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[errors_and_counts], client_max_size=config.server.max_body_bytes)
+    app = web.Application(middlewares=[errors_and_counts, reverse_proxy], client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(services)

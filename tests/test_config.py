@@ -103,10 +103,13 @@ def test_hash_list_files(tmp_path: Path) -> None:
         parse_config(raw, base=tmp_path)
 
 
-def test_instance_for_host() -> None:
+def test_instance_claiming() -> None:
     raw = config_dict()
     raw["instances"].append({"name": "social", "hosts": ["Social.Example"], "policy": "main", "upstream": "http://m"})
     cfg = parse_config(raw)
-    assert cfg.instance_for_host("social.example:443").name == "social"
-    assert cfg.instance_for_host("other.example").name == "pictrs"
-    assert cfg.instance_for_host(None).name == "pictrs"
+    assert cfg.instance_claiming("social.example:443").name == "social"
+    assert cfg.instance_claiming("other.example") is None
+    assert cfg.instance_claiming(None) is None
+    raw["instances"][1]["upstream"] = ""
+    with pytest.raises(ConfigError, match="needs an upstream"):
+        parse_config(raw)

@@ -1,0 +1,142 @@
+"""Streaming pass-through to an instance's upstream: every request the proxy does not intercept.
+
+Bodies stream in both directions without buffering (chunked or with Content-Length, as they came);
+hop-by-hop headers are dropped; ``X-Forwarded-For/Proto/Host`` are set; the original ``Host`` is kept
+(backends check it, and HTTP signatures cover it); upstream errors are passed on as they are; websocket
+upgrades (Mastodon's streaming API) are bridged frame by frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+
+from .config import Instance
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in ("Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+              "Transfer-Encoding", "Upgrade", "Proxy-Connection")
+)
+WS_HANDSHAKE = frozenset(h.lower() for h in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
+                                             "Sec-WebSocket-Protocol", "Sec-WebSocket-Accept"))
+CHUNK = 65536
+
+
+def _drop_hop_by_hop(headers: Any) -> CIMultiDict[str]:
+    named = {v.strip().lower() for v in headers.get("Connection", "").split(",") if v.strip()}
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named)
+
+
+def upstream_headers(request: web.Request) -> CIMultiDict[str]:
+    headers = _drop_hop_by_hop(request.headers)
+    peer = request.remote or ""
+    prior = request.headers.get("X-Forwarded-For")
+    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    headers.setdefault("X-Forwarded-Proto", request.scheme)
+    headers.setdefault("X-Forwarded-Host", request.host)
+    return headers
+
+
+def is_websocket(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket" and "upgrade" in request.headers.get("Connection", "").lower()
+
+
+class Forwarder:
+    def __init__(self, *, connect_timeout_s: float = 10.0) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._connect_timeout = connect_timeout_s
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=512, limit_per_host=256, enable_cleanup_closed=True),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def forward(self, request: web.Request, instance: Instance, *, body: bytes | None = None) -> web.StreamResponse:
+        """Send the request upstream (streaming its body, or ``body`` when given) and stream back the answer."""
+        assert self._session is not None
+        if is_websocket(request) and body is None:
+            return await self._websocket(request, instance)
+        url = instance.upstream + request.raw_path
+        headers = upstream_headers(request)
+        data: bytes | AsyncIterator[bytes] | None
+        if body is not None:
+            data = body
+            headers["Content-Length"] = str(len(body))
+        elif request.body_exists:
+            data = request.content.iter_chunked(CHUNK)
+        else:
+            data = None
+        try:
+            upstream = await self._session.request(
+                request.method, url, headers=headers, data=data, allow_redirects=False, compress=None,
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            log.warning("upstream %s unreachable for %s %s: %s", instance.upstream, request.method, request.path, exc)
+            return web.json_response({"error": f"upstream unreachable: {exc.__class__.__name__}"}, status=502)
+        try:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                          headers=_drop_hop_by_hop(upstream.headers))
+            if upstream.headers.get("Content-Length") is None and request.version >= (1, 1):
+                response.enable_chunked_encoding()
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_chunked(CHUNK):
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+        finally:
+            upstream.release()
+
+    async def _websocket(self, request: web.Request, instance: Instance) -> web.StreamResponse:
+        assert self._session is not None
+        url = instance.upstream + request.raw_path
+        headers = CIMultiDict((k, v) for k, v in upstream_headers(request).items() if k.lower() not in WS_HANDSHAKE)
+        protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        try:
+            upstream = await self._session.ws_connect(url, headers=headers, protocols=protocols, autoping=False)
+        except aiohttp.WSServerHandshakeError as exc:
+            return web.Response(status=exc.status, text=exc.message)
+        except (aiohttp.ClientError, OSError) as exc:
+            return web.json_response({"error": f"upstream unreachable: {exc.__class__.__name__}"}, status=502)
+        client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else (), autoping=False)
+        await client.prepare(request)
+
+        async def pump(src: Any, dst: Any) -> None:
+            async for msg in src:
+                if msg.type == WSMsgType.TEXT:
+                    await dst.send_str(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await dst.send_bytes(msg.data)
+                elif msg.type == WSMsgType.PING:
+                    await dst.ping(msg.data)
+                elif msg.type == WSMsgType.PONG:
+                    await dst.pong(msg.data)
+                else:
+                    break
+
+        tasks = [asyncio.ensure_future(pump(client, upstream)), asyncio.ensure_future(pump(upstream, client))]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await upstream.close()
+            await client.close()
+        return client
