@@ -30,6 +30,8 @@ RETRYABLE = frozenset({"not_ready", "overloaded", "timeout"})
 RETRY_AFTER_S = 5
 JSON_INLINE_BYTES = 256 * 1024
 MAX_INGEST_JSON = 64 * 1024
+ROUTE_LABEL = web.RequestKey("ffp_route", str)
+"""The metrics label of a reverse-proxied request: passthrough | upload | ingest | inbox."""
 FLAGGING = frozenset({"model", "cache", "denylist", "denied_url"})
 """Verdicts that say the media itself is unwanted (not: could not be fetched, is no media)."""
 
@@ -221,7 +223,7 @@ async def handle(ctx: Context, request: web.Request, instance: Instance) -> web.
     """Everything a reverse-proxied instance receives: intercepted per its route table, else streamed."""
     route = backends.match(instance.kind, request.method, request.path)
     if route is None:
-        request["ffp_route"] = "passthrough"
+        request[ROUTE_LABEL] = "passthrough"
         return await ctx.forwarder.forward(request, instance)
-    request["ffp_route"] = route.interceptor
+    request[ROUTE_LABEL] = route.interceptor
     return await INTERCEPTORS[route.interceptor](ctx, request, instance, route)

@@ -9,6 +9,7 @@ upgrades (Mastodon's streaming API) are bridged frame by frame.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -75,9 +76,9 @@ class Forwarder:
             return await self._websocket(request, instance)
         url = instance.upstream + request.raw_path
         headers = upstream_headers(request)
-        data: bytes | AsyncIterator[bytes] | None
+        data: io.BytesIO | AsyncIterator[bytes] | None
         if body is not None:
-            data = body
+            data = io.BytesIO(body)
             headers["Content-Length"] = str(len(body))
         elif request.body_exists:
             data = request.content.iter_chunked(CHUNK)

@@ -15,7 +15,7 @@ from classifier import Classifier
 from .audit import AuditStore
 from .config import Config, Instance
 from .fetch import Fetcher
-from .intercept import RETRY_AFTER_S, BodyTooLarge, Context, handle, is_retryable, read_body
+from .intercept import RETRY_AFTER_S, ROUTE_LABEL, BodyTooLarge, Context, handle, is_retryable, read_body
 from .metrics import Metrics
 from .passthrough import Forwarder
 from .pipeline import Pipeline, Verdict
@@ -139,7 +139,7 @@ async def errors_and_counts(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         response = exc
     resource = request.match_info.route.resource
-    route = request.get("ffp_route") or (resource.canonical if resource else "other")
+    route = request.get(ROUTE_LABEL) or (resource.canonical if resource else "other")
     request.app[METRICS].requests.labels(route, str(response.status)).inc()
     if isinstance(response, web.HTTPException):
         raise response

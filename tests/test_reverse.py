@@ -1,0 +1,356 @@
+"""The reverse proxy end to end: real clients -> fedi-filter serve -> a recording backend, all on loopback.
+
+The stand-in policy flags faces (NudeNet's real weights): the astronaut and Grace Hopper portraits are
+'flagged', coffee/rocket/cat photos are clean. Remote media lives on a real media host on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import io
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from mastodon import Mastodon, MastodonAPIError
+
+from proxy.server import CONTEXT, PIPELINE
+from tests import httpsig
+from tests.conftest import make_config
+from tests.hosts import HITS, Backend, media_app
+from tests.photos import photo
+from tests.test_semantic import FACES
+from tests.test_server import start
+
+FIXTURES = Path(__file__).parent / "fixtures" / "activitypub"
+HOSTS = {"mastodon": "masto.test", "lemmy": "lemmy.test", "pictrs": "pictrs.test", "misskey": "misskey.test",
+         "akkoma": "akkoma.test"}
+
+
+class Env:
+    def __init__(self, client: Any, backend: Backend, media: Any) -> None:
+        self.client = client
+        self.backend = backend
+        self.media = media
+
+    def media_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.media.port}/img/{name}.jpg"
+
+    async def request(self, kind: str, method: str, path: str, **kw: Any) -> aiohttp.ClientResponse:
+        headers = {"Host": HOSTS[kind], **kw.pop("headers", {})}
+        return await self.client.request(method, path, headers=headers, **kw)
+
+
+async def make_env(aiohttp_client: Any, aiohttp_server: Any, *, inbox: str = "reject", strip_uploads: bool = False,
+                   prefetch: bool = True, mastodon_host: str = "masto.test") -> Env:
+    backend = Backend()
+    backend_server = await aiohttp_server(backend.app())
+    media = await aiohttp_server(media_app())
+    upstream = f"http://127.0.0.1:{backend_server.port}"
+    pol = copy.deepcopy(FACES)
+    pol["inbox"] = inbox
+    pol["prefetch"] = prefetch
+    if strip_uploads:
+        pol["actions"]["portrait"] = "strip"
+    instances = [{"name": kind, "kind": kind, "hosts": [host if kind != "mastodon" else mastodon_host], "upstream": upstream,
+                  "policy": "main"} for kind, host in HOSTS.items()]
+    cfg = make_config(pol, fetch={"allow_networks": ["127.0.0.1/32"], "timeout_ms": 3000}, instances=instances)
+    client = await start(aiohttp_client, cfg)
+    return Env(client, backend, media)
+
+
+def multipart(*files: tuple[str, str, bytes], extra: dict[str, str] | None = None) -> aiohttp.FormData:
+    fd = aiohttp.FormData()
+    for k, v in (extra or {}).items():
+        fd.add_field(k, v)
+    for field, filename, data in files:
+        fd.add_field(field, data, filename=filename, content_type="image/jpeg")
+    return fd
+
+
+# --- pass-through ----------------------------------------------------------------------------------
+
+
+async def test_passthrough_keeps_requests_and_answers(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    resp = await env.request("mastodon", "GET", "/api/v1/timelines/home?limit=5&max_id=9",
+                             headers={"Keep-Alive": "timeout=5", "Proxy-Authorization": "Basic x", "Authorization": "Bearer t"})
+    assert resp.status == 200 and resp.headers["X-Backend"] == "yes"
+    assert "X-Secret" not in resp.headers  # named in the backend's Connection header: hop-by-hop
+    seen = env.backend.seen[-1]
+    assert seen.path_qs == "/api/v1/timelines/home?limit=5&max_id=9"
+    assert seen.headers["Host"] == "masto.test" and seen.headers["Authorization"] == "Bearer t"
+    assert seen.headers["X-Forwarded-For"] == "127.0.0.1" and seen.headers["X-Forwarded-Host"] == "masto.test"
+    assert seen.headers["X-Forwarded-Proto"] == "http"
+    assert "Keep-Alive" not in seen.headers and "Proxy-Authorization" not in seen.headers
+    env.backend.status = 503
+    resp = await env.request("mastodon", "DELETE", "/api/v1/statuses/1")
+    assert resp.status == 503 and (await resp.json())["path"] == "/api/v1/statuses/1"
+
+
+async def test_bodies_stream_through_byte_for_byte(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    payload = bytes(range(256)) * 20_000  # 5 MB
+    resp = await env.request("mastodon", "POST", "/api/v1/statuses", data=io.BytesIO(payload),
+                             headers={"Content-Length": str(len(payload))})
+    assert resp.status == 200
+    seen = env.backend.seen[-1]
+    assert seen.body == payload and not seen.chunked and seen.headers["Content-Length"] == str(len(payload))
+
+    async def chunks():
+        for i in range(10):
+            yield bytes([i]) * 100_000
+
+    resp = await env.request("mastodon", "PUT", "/api/v1/whatever", data=chunks())
+    seen = env.backend.seen[-1]
+    assert seen.chunked and seen.body == b"".join(bytes([i]) * 100_000 for i in range(10))
+    resp = await env.request("mastodon", "GET", "/big-download?n=3000000")
+    assert resp.status == 200 and await resp.read() == b"x" * 3_000_000
+
+
+async def test_websocket_upgrade_is_bridged(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    async with env.client.ws_connect("/ws", headers={"Host": "masto.test"}, protocols=("access-token-abc",)) as ws:
+        assert ws.protocol == "access-token-abc"
+        await ws.send_str("hello")
+        assert await ws.receive_str() == "echo:hello:127.0.0.1"
+        await ws.send_bytes(b"\x01\x02\x03")
+        assert await ws.receive_bytes() == b"\x03\x02\x01"
+
+
+async def test_unreachable_upstream_is_a_502(aiohttp_client) -> None:
+    cfg = make_config(FACES, instances=[{"name": "m", "kind": "mastodon", "hosts": ["masto.test"],
+                                         "upstream": "http://127.0.0.1:9", "policy": "main"}])
+    client = await start(aiohttp_client, cfg)
+    resp = await client.get("/api/v1/instance", headers={"Host": "masto.test"})
+    assert resp.status == 502
+
+
+async def test_api_answers_only_on_unclaimed_hosts(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    assert (await env.client.get("/healthz")).status == 200
+    resp = await env.request("mastodon", "GET", "/healthz")
+    assert resp.status == 200 and (await resp.json())["path"] == "/healthz"  # the backend's, not ours
+
+
+# --- uploads ---------------------------------------------------------------------------------------
+
+
+async def test_mastodon_py_media_post(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server, mastodon_host="127.0.0.1")
+    api = Mastodon(access_token="token", api_base_url=f"http://127.0.0.1:{env.client.port}", version_check_mode="none",
+                   mastodon_version="4.3.0")
+    coffee, portrait = photo("coffee"), photo("astronaut")
+    await asyncio.to_thread(api.media_post, coffee, mime_type="image/jpeg", description="coffee")
+    seen = [s for s in env.backend.seen if s.path_qs.startswith(("/api/v1/media", "/api/v2/media"))]
+    assert len(seen) == 1 and coffee in seen[0].body  # the original bytes, untouched, in the multipart body
+    with pytest.raises(MastodonAPIError) as info:
+        await asyncio.to_thread(api.media_post, portrait, mime_type="image/jpeg")
+    assert "422" in str(info.value) and "media refused" in str(info.value)
+    assert len(env.backend.seen) == 1
+
+
+async def test_mastodon_avatar_update_is_judged(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    resp = await env.request("mastodon", "PATCH", "/api/v1/accounts/update_credentials",
+                             data=multipart(("avatar", "me.jpg", photo("grace_hopper")), extra={"display_name": "x"}))
+    assert resp.status == 422 and "media refused" in (await resp.json())["error"]
+    resp = await env.request("akkoma", "PATCH", "/api/v1/accounts/update_credentials",
+                             data=multipart(("header", "h.jpg", photo("rocket"))))
+    assert resp.status == 200 and photo("rocket") in env.backend.seen[-1].body
+
+
+async def test_lemmy_pictrs_upload(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    form = multipart(("images[]", "c.jpg", photo("chelsea")))
+    resp = await env.request("lemmy", "POST", "/pictrs/image", data=form)
+    assert resp.status == 200
+    clean_body = env.backend.seen[-1].body
+    assert photo("chelsea") in clean_body
+    resp = await env.request("lemmy", "POST", "/pictrs/image", data=multipart(("images[]", "a.jpg", photo("astronaut"))))
+    body = await resp.json()
+    assert resp.status == 400 and body["msg"].startswith("media refused") and body["code"] == "media-refused"
+    assert len(env.backend.seen) == 1
+
+
+async def test_pictrs_strip_forwards_the_other_files_untouched(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server, strip_uploads=True)
+    files = [("images[]", "1.jpg", photo("coffee")), ("images[]", "2.jpg", photo("astronaut")), ("images[]", "3.jpg", photo("rocket"))]
+    resp = await env.request("pictrs", "POST", "/image", data=multipart(*files))
+    assert resp.status == 200
+    from proxy.multipart import parse
+
+    seen = env.backend.seen[-1]
+    mp = parse(seen.body, seen.headers["Content-Type"])
+    assert [p.content(seen.body) for p in mp.parts] == [photo("coffee"), photo("rocket")]
+    assert [p.filename for p in mp.parts] == ["1.jpg", "3.jpg"]
+    # all flagged: nothing left to forward, so the upload is refused
+    resp = await env.request("pictrs", "POST", "/image", data=multipart(("images[]", "2.jpg", photo("grace_hopper"))))
+    assert resp.status == 400 and len(env.backend.seen) == 1
+
+
+async def test_misskey_drive_upload_error_shape(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    resp = await env.request("misskey", "POST", "/api/drive/files/create", data=multipart(("file", "a.jpg", photo("astronaut")), extra={"i": "token"}))
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["code"] == "MEDIA_REFUSED" and body["error"]["kind"] == "client"
+    assert env.backend.seen == []
+
+
+async def test_malformed_or_oversized_uploads_are_refused(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    resp = await env.request("mastodon", "POST", "/api/v2/media", data=b"--x\r\nbroken",
+                             headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert resp.status == 400 and "malformed upload" in (await resp.json())["error"]
+    resp = await env.request("mastodon", "POST", "/api/v2/media", data=multipart(("file", "a.jpg", b"\xff\xd8\xff" + b"\0" * 3000)))
+    assert resp.status == 422  # a corrupt JPEG: on_invalid reject
+    assert env.backend.seen == []
+
+
+# --- URL ingestion ---------------------------------------------------------------------------------
+
+
+async def test_url_ingestion_is_judged_before_the_backend_fetches(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    resp = await env.request("pictrs", "GET", "/image/download", params={"url": env.media_url("astronaut")})
+    assert resp.status == 400 and env.backend.seen == []
+    resp = await env.request("pictrs", "GET", "/image/download", params={"url": env.media_url("coffee")})
+    assert resp.status == 200 and env.backend.seen[-1].path_qs.startswith("/image/download?url=")
+    resp = await env.request("lemmy", "GET", "/api/v3/image_proxy", params={"url": env.media_url("coffee")})
+    assert resp.status == 200
+    assert env.media.app[HITS]["coffee"] == 1  # the URL verdict was cached
+    # the bytes pict-rs then fetches and validates are answered from the sha256 cache
+    v = await env.client.post("/api/v1/validate?instance=pictrs", data=photo("astronaut"))
+    assert v.status == 406 and (await v.json())["decided_by"] == "cache"
+    resp = await env.request("misskey", "POST", "/api/drive/files/upload-from-url", json={"url": env.media_url("grace_hopper"), "i": "t"})
+    assert resp.status == 400 and (await resp.json())["error"]["code"] == "MEDIA_REFUSED"
+    resp = await env.request("misskey", "POST", "/api/drive/files/upload-from-url", json={"url": env.media_url("rocket"), "i": "t"})
+    assert resp.status == 200 and json.loads(env.backend.seen[-1].body)["url"] == env.media_url("rocket")
+
+
+async def test_ingestion_of_private_addresses_is_refused(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    for url in ("http://10.0.0.1/x.jpg", "http://169.254.169.254/latest/meta-data/", "http://[::1]/x.jpg"):
+        resp = await env.request("pictrs", "GET", "/image/download", params={"url": url})
+        assert resp.status == 400, url
+    assert env.backend.seen == []
+
+
+# --- inboxes ---------------------------------------------------------------------------------------
+
+KEY = httpsig.new_key()
+PEM = httpsig.public_pem(KEY)
+
+
+def delivery(env: Env, attachments: list[str]) -> bytes:
+    doc = json.loads((FIXTURES / "mastodon_create_note.json").read_text())
+    doc.pop("expected")
+    doc["object"]["attachment"] = [{"type": "Document", "mediaType": "image/jpeg", "url": u} for u in attachments]
+    doc["object"]["tag"] = []
+    return json.dumps(doc).encode()
+
+
+async def deliver(env: Env, body: bytes, path: str = "/users/alice/inbox") -> aiohttp.ClientResponse:
+    headers = httpsig.sign(KEY, "https://remote.example/users/bob#main-key", "POST", path, "masto.test", body)
+    env.backend.verify = lambda seen: httpsig.verify(PEM, seen.method, seen.path_qs, seen.headers, seen.body)
+    return await env.client.post(path, data=body, headers=headers)
+
+
+async def drain(env: Env) -> None:
+    ctx = env.client.app[CONTEXT]
+    while ctx.background:
+        await asyncio.gather(*list(ctx.background), return_exceptions=True)
+    await env.client.app[PIPELINE].audit.flush()
+
+
+async def test_clean_signed_delivery_reaches_the_backend_verifiable(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    body = delivery(env, [env.media_url("coffee"), env.media_url("rocket")])
+    resp = await deliver(env, body)
+    assert resp.status == 200, await resp.text()  # the backend's own signature check passed
+    assert env.backend.seen[-1].body == body
+    assert env.media.app[HITS] == {"coffee": 1, "rocket": 1}
+
+
+async def test_a_tampered_delivery_fails_the_backends_check(aiohttp_client, aiohttp_server) -> None:
+    """The verifier is real: change one byte and the backend refuses it."""
+    env = await make_env(aiohttp_client, aiohttp_server)
+    body = delivery(env, [env.media_url("coffee")])
+    headers = httpsig.sign(KEY, "k", "POST", "/inbox", "masto.test", body)
+    env.backend.verify = lambda seen: httpsig.verify(PEM, seen.method, seen.path_qs, seen.headers, seen.body)
+    resp = await env.client.post("/inbox", data=body.replace(b"Note", b"Nope"), headers=headers)
+    assert resp.status == 401
+
+
+@pytest.mark.parametrize(("action", "status", "forwarded"), [("reject", 403, False), ("drop", 202, False), ("strip", 200, True), ("pass", 200, True)])
+async def test_inbox_actions(aiohttp_client, aiohttp_server, action: str, status: int, forwarded: bool) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server, inbox=action)
+    flagged = env.media_url("astronaut")
+    body = delivery(env, [env.media_url("coffee"), flagged])
+    resp = await deliver(env, body, "/inbox")
+    assert resp.status == status, await resp.text()
+    assert (len(env.backend.seen) == 1) is forwarded
+    if forwarded:
+        assert env.backend.seen[0].body == body
+    await drain(env)
+    # whatever the delivery got, the flagged URL is denied downstream, across restarts too (audit store)
+    resp = await env.request("pictrs", "GET", "/image/download", params={"url": flagged})
+    assert resp.status == 400 and "reject" in (await resp.json())["msg"]
+    rows = await env.client.app[PIPELINE].audit.query("SELECT url FROM denied_urls")
+    assert [r["url"] for r in rows] == [flagged]
+
+
+async def test_inbox_without_prefetch_forwards_at_once_and_denies_later(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server, prefetch=False)
+    flagged = env.media_url("grace_hopper")
+    resp = await deliver(env, delivery(env, [flagged]))
+    assert resp.status == 200
+    await drain(env)
+    assert await env.client.app[PIPELINE].url_denial(flagged) is not None
+
+
+async def test_inbox_never_fetches_private_addresses(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    # 127.0.0.1/32 is allowed here (the media host); its neighbours are not
+    private = ["http://10.0.0.1/a.jpg", "http://169.254.169.254/b.jpg", "http://[::1]/c.jpg", "http://127.0.0.2/d.jpg"]
+    resp = await deliver(env, delivery(env, private + [env.media_url("coffee")]))
+    assert resp.status == 200 and len(env.backend.seen) == 1  # nothing judged flagged: delivered
+    await drain(env)
+    pipeline = env.client.app[PIPELINE]
+    for url in private:
+        assert (await pipeline.url_denial(url) or "").startswith("blocked"), url
+
+
+async def test_malformed_and_mediafree_deliveries_pass(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    for body in (b"{not json", json.dumps({"type": "Follow", "actor": "https://r.example/u/1", "object": "https://masto.test/users/alice"}).encode()):
+        resp = await deliver(env, body)
+        assert resp.status == 200 and env.backend.seen[-1].body == body
+
+
+async def test_lemmy_community_inbox_and_unreachable_media(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    body = json.dumps({"type": "Update", "object": {"type": "Group", "icon": {"type": "Image", "url": env.media_url("astronaut")},
+                                                     "image": {"type": "Image", "url": f"http://127.0.0.1:{env.media.port}/missing.jpg"}}}).encode()
+    resp = await env.client.post("/c/pics/inbox", data=body, headers={"Host": "lemmy.test", "Content-Type": "application/activity+json"})
+    assert resp.status == 403 and env.backend.seen == []
+
+
+async def test_streaming_large_body_through_the_proxy(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    h = hashlib.sha256()
+
+    async def gen():
+        block = bytes(range(256)) * 4096  # 1 MiB
+        for _ in range(64):
+            h.update(block)
+            yield block
+
+    resp = await env.request("mastodon", "POST", "/stream-sink", data=gen())
+    body = await resp.json()
+    assert body == {"sha256": h.hexdigest(), "bytes": 64 * 1024 * 1024}
+
