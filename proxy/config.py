@@ -417,6 +417,35 @@ def parse_config(raw: Any, *, base: Path = Path("."), source: str = "<memory>") 
     return Config(server, classifier, fetch, policies, instances, source)
 
 
+def _read_yaml(p: Path, seen: tuple[Path, ...] = ()) -> Any:
+    """Read a config file, resolving ``extends: other.yaml``: the other file is the base and this file is
+    merged over it (mappings key by key, at every depth; lists and scalars replace)."""
+    if p.resolve() in seen:
+        raise ConfigError("extends", f"{p} extends itself (cycle: {' -> '.join(map(str, seen))})")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {p}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{p} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return raw
+    parent_name = raw.pop("extends")
+    if not isinstance(parent_name, str):
+        raise ConfigError("extends", "expected the path of another config file")
+    base = _read_yaml(p.parent / parent_name, (*seen, p.resolve()))
+    if not isinstance(base, dict):
+        raise ConfigError("extends", f"{parent_name} is not a config mapping")
+    return _merge(base, raw)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Load and validate a config file (``FEDI_FILTER_CONFIG`` when ``path`` is None)."""
     if path is None:
@@ -424,12 +453,4 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         if not path:
             raise ConfigError("", f"no config file: pass --config FILE or set {ENV_DEFAULT}")
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError("", f"cannot read {p}: {exc}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError("", f"{p} is not valid YAML: {exc}") from None
-    return parse_config(raw, base=p.parent, source=str(p))
+    return parse_config(_read_yaml(p), base=p.parent, source=str(p))

@@ -9,10 +9,38 @@ from tests.conftest import config_dict, policy
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["config/default.yaml", "examples/config.reference.yaml"])
+SHIPPED = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "config").glob("*.yaml")) + ["examples/config.reference.yaml"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_load(name: str) -> None:
     cfg = load_config(ROOT / name)
     assert cfg.instances and cfg.policies
+
+
+@pytest.mark.parametrize("kind", ["mastodon", "misskey", "akkoma", "lemmy"])
+def test_backend_configs_extend_the_default_policy(kind: str) -> None:
+    cfg = load_config(ROOT / "config" / f"{kind}.yaml")
+    base = load_config(ROOT / "config" / "default.yaml")
+    inst = cfg.instances[0]
+    assert inst.kind == kind and inst.hosts and inst.upstream
+    assert inst.policy.rules == base.policies["csam"].rules  # the same CSAM policy, not a copy that drifts
+    if kind != "lemmy":
+        assert inst.policy.limits.max_bytes == cfg.server.max_body_bytes == 104857600
+
+
+def test_extends_merges_deeply_and_refuses_cycles(tmp_path: Path) -> None:
+    import yaml
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(config_dict()))
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\npolicies: {main: {limits: {max_frames: 3}}}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.policies["main"].limits.max_frames == 3
+    assert cfg.policies["main"].actions == {"flagged": "reject"}  # the rest of the policy kept
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(tmp_path / "a.yaml")
 
 
 def test_default_policy_is_fail_closed_and_rejects_csam() -> None:
