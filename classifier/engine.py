@@ -169,7 +169,13 @@ class Classifier:
         async def one(name: str) -> None:
             src = self.sources[name]
             prepared = await loop.run_in_executor(self._prep_pool, lambda: [src.preprocess(f) for f in frames])
-            results = await asyncio.gather(*(self.batchers[name].submit(p) for p in prepared))
+            waiting = [asyncio.ensure_future(self.batchers[name].submit(p)) for p in prepared]
+            try:
+                results = await asyncio.gather(*waiting)
+            except BaseException:  # overload, timeout, cancellation: the other frames need no model time
+                for w in waiting:
+                    w.cancel()
+                raise
             for scores, result in zip(per_frame, results):
                 for key, value in result.items():
                     scores[(name, key)] = value

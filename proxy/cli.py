@@ -32,6 +32,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_egress(args: argparse.Namespace) -> int:
+    from .egress import serve_egress
+
+    config = load_config(args.config)
+    try:
+        asyncio.run(serve_egress(config))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     print(f"{args.file}: OK")
@@ -96,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="run the reverse proxy and validation API")
     p.add_argument("--config", help="config file (default: $FEDI_FILTER_CONFIG)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("egress", help="run the outbound proxy (mitmproxy) for the media a backend fetches")
+    p.add_argument("--config", help="config file (default: $FEDI_FILTER_CONFIG)")
+    p.set_defaults(func=cmd_egress)
 
     p = sub.add_parser("check-config", help="validate a config file and summarise it")
     p.add_argument("file")

@@ -59,6 +59,23 @@ class FetchConfig:
 
 
 @dataclass(frozen=True)
+class EgressConfig:
+    host: str = "0.0.0.0"
+    port: int = 8091
+    instance: str | None = None
+    """Whose policy judges the media the backend fetches (default: the first instance)."""
+    confdir: str = "var/mitmproxy"
+    """mitmproxy's directory: the interception CA (mitmproxy-ca-cert.pem) is created here."""
+    ignore_hosts: tuple[str, ...] = ()
+    max_bytes: int = 104_857_600
+    max_concurrent: int = 64
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = 8092
+    upstream_ca: str | None = None
+    """A CA bundle to verify upstream TLS with, instead of the system's (private CAs, tests)."""
+
+
+@dataclass(frozen=True)
 class MediaLimits:
     max_bytes: int = 41_943_040
     max_pixels: int = 50_000_000
@@ -107,6 +124,7 @@ class Config:
     fetch: FetchConfig
     policies: Mapping[str, Policy]
     instances: tuple[Instance, ...]
+    egress: EgressConfig = field(default_factory=EgressConfig)
     source: str = "<memory>"
 
     def instance_named(self, name: str) -> Instance | None:
@@ -275,6 +293,33 @@ def _fetch(s: _Section) -> FetchConfig:
     return cfg
 
 
+def _egress(s: _Section) -> EgressConfig:
+    d = EgressConfig()
+    host, port = parse_listen(s.get("listen", str, f"{d.host}:{d.port}"), s.sub("listen"))
+    admin = s.get("admin_listen", str, f"{d.admin_host}:{d.admin_port}")
+    admin_host, admin_port = parse_listen(admin, s.sub("admin_listen")) if admin else (d.admin_host, None)
+    patterns = _str_list(s.raw_value("ignore_hosts"), s.sub("ignore_hosts"))
+    for i, pattern in enumerate(patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{s.sub('ignore_hosts')}[{i}]", f"not a regular expression: {exc}") from None
+    cfg = EgressConfig(
+        host=host,
+        port=port,
+        instance=s.get("instance", str, None),
+        confdir=s.get("confdir", str, d.confdir),
+        ignore_hosts=patterns,
+        max_bytes=s.positive("max_bytes", d.max_bytes),
+        max_concurrent=s.positive("max_concurrent", d.max_concurrent),
+        admin_host=admin_host,
+        admin_port=admin_port,
+        upstream_ca=s.get("upstream_ca", str, None),
+    )
+    s.done()
+    return cfg
+
+
 def _limits(s: _Section) -> MediaLimits:
     d = MediaLimits()
     cfg = MediaLimits(
@@ -413,8 +458,11 @@ def parse_config(raw: Any, *, base: Path = Path("."), source: str = "<memory>") 
     policies = {str(n): _policy(str(n), pol_s.section(str(n)), base) for n in pol_s.raw}
     pol_s.done()
     instances = _instances(top.raw_value("instances"), policies)
+    egress = _egress(top.section("egress"))
+    if egress.instance is not None and egress.instance not in {i.name for i in instances}:
+        raise ConfigError("egress.instance", f"{egress.instance!r} is not an instance; known: {[i.name for i in instances]}")
     top.done()
-    return Config(server, classifier, fetch, policies, instances, source)
+    return Config(server, classifier, fetch, policies, instances, egress, source)
 
 
 def _read_yaml(p: Path, seen: tuple[Path, ...] = ()) -> Any:

@@ -44,6 +44,7 @@ class Metrics:
         self.inbox = Counter("ffp_inbox_deliveries", "Inbox deliveries by outcome", ["instance", "outcome"], registry=r)
         self.uploads = Counter("ffp_uploads", "Intercepted uploads by outcome", ["instance", "outcome"], registry=r)
         self.background = Gauge("ffp_background_judgements", "Judgements running after their request was answered", registry=r)
+        self.egress = Counter("ffp_egress_responses", "Egress proxy outcomes", ["outcome"], registry=r)
         self.audit_dropped = Counter("ffp_audit_dropped", "Audit records dropped (writer queue full)", registry=r)
 
     def on_batch(self, model: str, size: int, seconds: float) -> None:

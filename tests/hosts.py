@@ -60,7 +60,15 @@ def media_app() -> web.Application:
     async def page(request: web.Request) -> web.Response:
         return web.Response(text="<html><head><title>an article</title></head></html>", content_type="text/html")
 
+    async def disguised(request: web.Request) -> web.Response:
+        return web.Response(body=photo(request.match_info["name"]), content_type="text/html")
+
+    async def note(request: web.Request) -> web.Response:
+        return web.json_response({"type": "Note", "content": "x" * 100_000}, content_type="application/activity+json")
+
     app.router.add_get("/img/{name}.jpg", image)
+    app.router.add_get("/disguised/{name}", disguised)
+    app.router.add_get("/note", note)
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/big", big)
     app.router.add_get("/slow", slow)

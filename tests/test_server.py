@@ -227,6 +227,9 @@ async def test_overload_answers_503_with_retry_after_and_counts(aiohttp_client: 
     assert 503 in statuses
     assert all(b["error_kind"] == "overloaded" for s, b in results if s == 503)
     assert await metric(client, "ffp_overload_total", where="classifier") >= 1
+    batcher = client.app[CLASSIFIER].batchers["clip"]
+    while batcher.queue_depth:
+        await asyncio.sleep(0.01)
     assert (await post_media(client, photo("rocket")))[0] == 200  # recovers once the queue drains
 
 

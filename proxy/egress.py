@@ -1,0 +1,275 @@
+"""`fedi-filter egress`: the backend's outbound HTTP(S) proxy (mitmproxy with our addon).
+
+Mastodon, Misskey and Akkoma fetch remote media themselves: attachments of federated posts, avatars and
+headers, custom emoji, link-preview images. Set their outbound proxy to this, and the media they fetch
+is judged by the same verdict pipeline before they can store it:
+
+- URLs already denied (an inbox ``strip``, a flagged fetch; shared through the audit store) are refused
+  before any upstream connection; so are targets that are not public addresses (a backend behind a proxy
+  skips its own private-address checks).
+- Responses are sniffed: media (judged by its bytes, whatever the Content-Type says) is buffered up to
+  ``egress.max_bytes`` and judged; a flagged one is replaced by a 403 with an ``X-Fedi-Filter`` reason.
+  Text responses (ActivityPub JSON, HTML) stream through; if one turns out to start with media bytes,
+  its body is cut (it cannot be judged once streamed).
+- HTTPS is intercepted with mitmproxy's CA (``egress.confdir``); ``egress.ignore_hosts`` pass through
+  as plain tunnels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from mitmproxy import http
+from mitmproxy.options import Options
+from mitmproxy.tools.dump import DumpMaster
+
+from .audit import AuditStore
+from .config import Config, EgressConfig, Instance
+from .fetch import address_allowed
+from .media import sniff
+from .metrics import Metrics
+from .pipeline import Pipeline, Verdict
+
+log = logging.getLogger(__name__)
+
+TEXT_TYPES = re.compile(r"^(text/|application/([\w.+-]*\+)?(json|xml|javascript|ecmascript)\b)", re.I)
+SNIFF_BYTES = 32
+HEADER = "X-Fedi-Filter"
+
+
+class _CutDisguisedMedia:
+    """A mitmproxy stream callable for text responses: holds the first bytes back until they can be
+    sniffed, then passes the body on; if it starts like media it is cut to nothing (a streamed body cannot
+    be judged, and media disguised as text is hostile)."""
+
+    def __init__(self, url: str, on_cut: Callable[[str, str], None]) -> None:
+        self.url = url
+        self.head = b""
+        self.state = "sniffing"
+        self.on_cut = on_cut
+
+    def __call__(self, data: bytes) -> list[bytes]:
+        # a list, never b"": an empty chunk would read as the end of a chunked body
+        if self.state == "pass":
+            return [data] if data else []
+        if self.state == "cut":
+            return []
+        self.head += data
+        if len(self.head) < SNIFF_BYTES and data:
+            return []
+        mime = sniff(self.head)
+        if mime is not None:
+            self.state = "cut"
+            self.on_cut(self.url, mime)
+            return []
+        self.state = "pass"
+        out, self.head = self.head, b""
+        return [out] if out else []
+
+
+class EgressAddon:
+    """mitmproxy addon: refuse denied and private targets, judge media responses."""
+
+    def __init__(self, pipeline: Pipeline, instance: Instance, settings: EgressConfig, metrics: Metrics,
+                 allow: tuple[Any, ...]) -> None:
+        self.pipeline = pipeline
+        self.instance = instance
+        self.settings = settings
+        self.metrics = metrics
+        self.allow = allow
+        self.slots = asyncio.Semaphore(settings.max_concurrent)
+
+    def _refuse(self, flow: http.HTTPFlow, status: int, reason: str) -> None:
+        flow.response = http.Response.make(status, f"refused by fedi-filter-proxy: {reason}\n".encode(),
+                                           {"Content-Type": "text/plain; charset=utf-8", HEADER: reason[:200]})
+
+    async def _private_target(self, host: str, port: int) -> str | None:
+        try:
+            ip = ipaddress.ip_address(host.strip("[]"))
+            addresses = [ip]
+        except ValueError:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError:
+                return None  # mitmproxy reports the DNS failure itself
+            addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+        for ip in addresses:
+            if not address_allowed(ip, self.allow):
+                return f"{host} is {ip}, not a public address"
+        return None
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        """CONNECT (HTTPS, and ignored hosts' tunnels): refuse private targets before the tunnel opens."""
+        why = await self._private_target(flow.request.host, flow.request.port)
+        if why:
+            self.metrics.egress.labels("blocked").inc()
+            log.warning("egress: refused CONNECT %s:%d: %s", flow.request.host, flow.request.port, why)
+            self._refuse(flow, 403, f"blocked: {why}")
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Before any upstream connection: denied URLs and private targets are refused."""
+        url = flow.request.pretty_url
+        reason = await self.pipeline.url_denial(url)
+        if reason is not None:
+            self.metrics.egress.labels("denied_url").inc()
+            log.info("egress: refused %s: denied (%s)", url, reason)
+            self._refuse(flow, 403, f"denied: {reason}")
+            return
+        why = await self._private_target(flow.request.host, flow.request.port)
+        if why:
+            self.metrics.egress.labels("blocked").inc()
+            log.warning("egress: refused %s: %s", url, why)
+            self._refuse(flow, 403, f"blocked: {why}")
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Text streams through (sniffed); everything else is buffered for judgement."""
+        assert flow.response is not None
+        ctype = flow.response.headers.get("Content-Type", "")
+        if TEXT_TYPES.match(ctype) and not flow.response.headers.get("Content-Encoding"):
+            flow.response.stream = _CutDisguisedMedia(flow.request.pretty_url, self._on_cut)
+            # the body may be cut short, so its length is not promised in advance
+            flow.response.headers.pop("Content-Length", None)
+            if flow.request.http_version == "HTTP/1.1":
+                flow.response.headers["Transfer-Encoding"] = "chunked"
+
+    def _on_cut(self, url: str, mime: str) -> None:
+        self.metrics.egress.labels("disguised_media").inc()
+        log.warning("egress: %s was labelled text but starts like %s: body cut", url, mime)
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        """Judge media bodies; replace a refused one with a 403 and deny its URL."""
+        resp = flow.response
+        if resp is None or resp.stream or flow.request.method == "HEAD":
+            return
+        if resp.headers.get(HEADER):  # our own refusal
+            return
+        try:
+            body = resp.content or b""
+        except ValueError:  # an undecodable Content-Encoding: judge the bytes as they came
+            body = resp.raw_content or b""
+        if sniff(body) is None:
+            self.metrics.egress.labels("not_media").inc()
+            return
+        url = flow.request.pretty_url
+        verdict = await self._judge(body, url)
+        if verdict.accepted:
+            self.metrics.egress.labels("accepted").inc()
+            return
+        reason = f"{verdict.action}: {verdict.detail or ', '.join(verdict.labels) or verdict.decided_by}"
+        self.metrics.egress.labels("refused").inc()
+        if verdict.decided_by in ("model", "cache", "denylist"):
+            self.pipeline.deny_url(url, verdict, reason)
+        self._refuse(flow, 403, reason)
+
+    async def _judge(self, body: bytes, url: str) -> Verdict:
+        policy = self.instance.policy
+        try:
+            async with asyncio.timeout(policy.timeout_ms / 1000):
+                async with self.slots:
+                    return await self.pipeline.judge(body, self.instance, "egress", url=url)
+        except TimeoutError:
+            self.metrics.overload.labels("egress").inc()
+            action = "accept" if policy.on_error == "accept" else "reject"
+            if action == "accept":
+                self.metrics.fail_open.labels(policy.name, "egress_overloaded").inc()
+            log.warning("egress: no verdict for %s within %d ms (all %d slots busy): on_error=%s", url,
+                        policy.timeout_ms, self.settings.max_concurrent, action)
+            return Verdict(sha256="", action=action, labels=(), scores={}, source="egress", instance=self.instance.name,
+                           latency_ms=float(policy.timeout_ms), decided_by="error", detail="egress overloaded",
+                           error_kind="overloaded", policy=policy.name)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if flow.error and "body_size_limit" in flow.error.msg:
+            self.metrics.egress.labels("too_large").inc()
+            log.warning("egress: %s refused: body over egress.max_bytes (%d)", flow.request.pretty_url, self.settings.max_bytes)
+
+
+def mitm_options(settings: EgressConfig) -> dict[str, Any]:
+    """mitmproxy options; set after its addons are loaded, since they declare most of them."""
+    return {
+        "listen_host": settings.host,
+        "listen_port": settings.port,
+        "confdir": settings.confdir,
+        "ignore_hosts": list(settings.ignore_hosts),
+        "body_size_limit": str(settings.max_bytes),
+        "ssl_verify_upstream_trusted_ca": settings.upstream_ca,
+        "connection_strategy": "lazy",
+    }
+
+
+class Egress:
+    """The egress service: mitmproxy with the addon, the classifier, the shared audit store, and a small
+    admin server (/healthz, /metrics) on ``egress.admin_listen``."""
+
+    def __init__(self, config: Config) -> None:
+        from .server import classifier_for
+
+        self.config = config
+        self.settings = config.egress
+        self.instance = config.instance_named(self.settings.instance) if self.settings.instance else config.instances[0]
+        assert self.instance is not None
+        self.metrics = Metrics()
+        self.classifier = classifier_for(config, self.metrics)
+        self.audit = AuditStore(config.server.audit_db, on_drop=self.metrics.audit_dropped.inc) if config.server.audit_db else None
+        self.pipeline = Pipeline(config, self.classifier, self.audit, self.metrics)
+        self.master: DumpMaster | None = None
+        self._admin: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        if self.audit is not None:
+            await self.audit.open()
+        await self.classifier.start()
+        self.master = DumpMaster(Options(), with_termlog=False, with_dumper=False)
+        self.master.options.update(**mitm_options(self.settings))
+        self.master.addons.add(EgressAddon(self.pipeline, self.instance, self.settings, self.metrics, self.config.fetch.allow_networks))
+        if self.settings.admin_port is not None:
+            await self._start_admin()
+
+    async def _start_admin(self) -> None:
+        from .server import CLASSIFIER, CONFIG, METRICS, healthz, metrics
+
+        app = web.Application()
+        app[CONFIG], app[METRICS], app[CLASSIFIER] = self.config, self.metrics, self.classifier
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/metrics", metrics)
+        self._admin = web.AppRunner(app, access_log=None)
+        await self._admin.setup()
+        await web.TCPSite(self._admin, self.settings.admin_host, self.settings.admin_port).start()
+
+    def listen_addrs(self) -> list[tuple[str, int]]:
+        assert self.master is not None
+        return [tuple(a[:2]) for a in self.master.addons.get("proxyserver").listen_addrs()]  # type: ignore[union-attr, misc]
+
+    async def run(self) -> None:
+        assert self.master is not None
+        await self.master.run()
+
+    def shutdown(self) -> None:
+        if self.master is not None:
+            self.master.shutdown()
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.cleanup()
+        await self.classifier.close()
+        self.pipeline.close()
+        if self.audit is not None:
+            await self.audit.close()
+
+
+async def serve_egress(config: Config) -> None:
+    egress = Egress(config)
+    await egress.start()
+    log.info("egress proxy for instance %s on %s:%d (CA in %s)", egress.instance.name, egress.settings.host,
+             egress.settings.port, egress.settings.confdir)
+    try:
+        await egress.run()
+    finally:
+        await egress.close()

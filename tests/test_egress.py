@@ -1,0 +1,162 @@
+"""The egress proxy: the real mitmproxy with our addon on loopback, real HTTP(S) clients fetching through
+it from local aiohttp media hosts (HTTPS with a trustme test CA)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import gc
+import ssl
+import warnings
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import trustme
+
+from proxy.config import parse_config
+from proxy.egress import Egress
+from tests.conftest import config_dict
+from tests.hosts import HITS, media_app
+from tests.photos import photo
+from tests.test_reverse import delivery, deliver, drain, Env
+from tests.test_semantic import FACES
+from tests.test_server import start
+
+
+def egress_config(tmp_path: Path, ca_file: str, **egress: Any) -> dict:
+    pol = copy.deepcopy(FACES)
+    pol["inbox"] = "strip"
+    raw = config_dict(pol, fetch={"allow_networks": ["127.0.0.1/32"]})
+    raw["server"]["audit_db"] = str(tmp_path / "audit.sqlite3")
+    raw["egress"] = {"listen": "127.0.0.1:0", "confdir": str(tmp_path / "mitm"), "admin_listen": "", "upstream_ca": ca_file, **egress}
+    return raw
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> tuple[trustme.CA, str]:
+    authority = trustme.CA()
+    path = tmp_path / "test-ca.pem"
+    authority.cert_pem.write_to_path(str(path))
+    return authority, str(path)
+
+
+async def running(raw: dict) -> AsyncIterator[tuple[Egress, str]]:
+    egress = Egress(parse_config(raw))
+    await egress.start()
+    await egress.classifier.wait_ready()
+    task = asyncio.ensure_future(egress.run())
+    for _ in range(100):
+        if egress.listen_addrs():
+            break
+        await asyncio.sleep(0.05)
+    host, port = egress.listen_addrs()[0]
+    try:
+        yield egress, f"http://127.0.0.1:{port}"
+    finally:
+        egress.shutdown()
+        await task
+        await egress.close()
+        # mitmproxy's shutdown drops its open upstream connections without closing them; collect them now,
+        # quietly, so their ResourceWarnings do not land on whichever test runs next
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+
+
+@pytest.fixture
+async def egress(tmp_path: Path, ca: tuple[trustme.CA, str]) -> AsyncIterator[tuple[Egress, str]]:
+    async for e in running(egress_config(tmp_path, ca[1], max_bytes=1024 * 1024)):
+        yield e
+
+
+def client_ssl(tmp_path: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(tmp_path / "mitm" / "mitmproxy-ca-cert.pem"))
+
+
+async def get(proxy: str, url: str, **kw: Any) -> tuple[int, bytes, Any]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, proxy=proxy, **kw) as resp:
+            return resp.status, await resp.read(), resp.headers
+
+
+async def test_clean_media_passes_byte_identical_and_flagged_is_403(egress, aiohttp_server) -> None:
+    _, proxy = egress
+    media = await aiohttp_server(media_app())
+    base = f"http://127.0.0.1:{media.port}"
+    status, body, _ = await get(proxy, f"{base}/img/coffee.jpg")
+    assert status == 200 and body == photo("coffee")
+    status, body, headers = await get(proxy, f"{base}/img/astronaut.jpg")
+    assert status == 403 and headers["X-Fedi-Filter"].startswith("reject: portrait")
+    # judged once: the second fetch of the same URL is refused before any connection
+    status, _, headers = await get(proxy, f"{base}/img/astronaut.jpg")
+    assert status == 403 and headers["X-Fedi-Filter"].startswith("denied")
+    assert media.app[HITS] == {"coffee": 1, "astronaut": 1}
+
+
+async def test_https_is_intercepted_with_the_proxy_ca(egress, aiohttp_server, ca, tmp_path) -> None:
+    _, proxy = egress
+    authority, _ = ca
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    media = await aiohttp_server(media_app(), ssl=server_ctx)
+    base = f"https://127.0.0.1:{media.port}"
+    status, body, _ = await get(proxy, f"{base}/img/rocket.jpg", ssl=client_ssl(tmp_path))
+    assert status == 200 and body == photo("rocket")
+    status, _, headers = await get(proxy, f"{base}/img/grace_hopper.jpg", ssl=client_ssl(tmp_path))
+    assert status == 403 and "portrait" in headers["X-Fedi-Filter"]
+
+
+async def test_text_streams_untouched_and_disguised_media_is_cut(egress, aiohttp_server) -> None:
+    e, proxy = egress
+    media = await aiohttp_server(media_app())
+    base = f"http://127.0.0.1:{media.port}"
+    status, body, headers = await get(proxy, f"{base}/note")
+    assert status == 200 and len(body) > 100_000 and body.startswith(b'{"type": "Note"')
+    status, body, _ = await get(proxy, f"{base}/disguised/astronaut")
+    assert status == 200 and body == b""  # labelled text/html, starts like a JPEG: never reaches the backend
+    assert e.metrics.egress.labels("disguised_media")._value.get() == 1
+
+
+async def test_response_over_the_limit_is_refused(egress, aiohttp_server) -> None:
+    e, proxy = egress
+    media = await aiohttp_server(media_app())
+    status, body, _ = await get(proxy, f"http://127.0.0.1:{media.port}/big?mb=3")
+    assert status == 502 and len(body) < 10_000
+    await asyncio.sleep(0.05)
+    assert e.metrics.egress.labels("too_large")._value.get() == 1
+
+
+async def test_private_targets_are_refused_before_connecting(egress, aiohttp_server) -> None:
+    _, proxy = egress
+    media = await aiohttp_server(media_app())
+    for url in ("http://10.0.0.1/x.jpg", "http://169.254.169.254/latest/meta-data/", f"http://127.0.0.2:{media.port}/img/coffee.jpg"):
+        status, _, headers = await get(proxy, url)
+        assert status == 403 and headers["X-Fedi-Filter"].startswith("blocked"), url
+    assert media.app[HITS] == {}
+
+
+async def test_a_url_stripped_from_an_inbox_is_refused_by_egress(tmp_path, ca, aiohttp_client, aiohttp_server) -> None:
+    """serve and egress share the audit store: an inbox `strip` in one denies the URL in the other."""
+    raw = egress_config(tmp_path, ca[1])
+    from tests.hosts import Backend
+
+    backend = Backend()
+    backend_server = await aiohttp_server(backend.app())
+    media = await aiohttp_server(media_app())
+    serve_raw = copy.deepcopy(raw)
+    serve_raw["instances"] = [{"name": "pictrs", "kind": "mastodon", "hosts": ["masto.test"],
+                               "upstream": f"http://127.0.0.1:{backend_server.port}", "policy": "main"}]
+    client = await start(aiohttp_client, parse_config(serve_raw))
+    env = Env(client, backend, media)
+    flagged = env.media_url("astronaut")
+    resp = await deliver(env, delivery(env, [flagged]))
+    assert resp.status == 200 and len(backend.seen) == 1  # strip: delivered untouched
+    await drain(env)
+    async for e, proxy in running(raw):
+        assert e.pipeline.cache.get is not None
+        status, _, headers = await get(proxy, flagged)
+        assert status == 403 and headers["X-Fedi-Filter"].startswith("denied")
+    assert media.app[HITS] == {"astronaut": 1}  # fetched once, by serve's inbox prefetch
