@@ -29,9 +29,15 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -rs -m "not slow"
 
+# The figures of BENCHMARKS.md (several minutes on 2 cores).
 bench: install
-	$(BIN)/python bench/bench_classifier.py
-	$(BIN)/python bench/bench_validate.py
+	$(BIN)/python bench/bench_classifier.py --model ViT-B-32
+	$(BIN)/python bench/bench_validate.py --model ViT-B-32 --requests 48
+	$(BIN)/python bench/bench_detectors.py
+	$(BIN)/python bench/bench_validate.py --config config/cpu.yaml --requests 96
+	$(BIN)/python bench/false_positives.py
+	$(BIN)/python bench/bench_passthrough.py
+	$(BIN)/python bench/bench_egress.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

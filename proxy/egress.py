@@ -22,7 +22,9 @@ import ipaddress
 import logging
 import re
 import socket
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -191,6 +193,23 @@ class EgressAddon:
             log.warning("egress: %s refused: body over egress.max_bytes (%d)", flow.request.pretty_url, self.settings.max_bytes)
 
 
+def write_ca_bundle(confdir: Path) -> Path | None:
+    """Write ``confdir/ca-bundle.pem``: the system's CA bundle plus the interception CA, ready for a
+    backend's SSL_CERT_FILE. Refreshed at every start (system CAs change)."""
+    ca = confdir / "mitmproxy-ca-cert.pem"
+    if not ca.exists():
+        return None
+    system = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
+    try:
+        base = Path(system).read_text()
+    except OSError:
+        log.warning("egress: no system CA bundle at %s; ca-bundle.pem holds only the interception CA", system)
+        base = ""
+    bundle = confdir / "ca-bundle.pem"
+    bundle.write_text(base.rstrip("\n") + "\n" + ca.read_text())
+    return bundle
+
+
 def mitm_options(settings: EgressConfig) -> dict[str, Any]:
     """mitmproxy options; set after its addons are loaded, since they declare most of them."""
     return {
@@ -227,7 +246,8 @@ class Egress:
             await self.audit.open()
         await self.classifier.start()
         self.master = DumpMaster(Options(), with_termlog=False, with_dumper=False)
-        self.master.options.update(**mitm_options(self.settings))
+        self.master.options.update(**mitm_options(self.settings))  # creates the CA in confdir on first start
+        write_ca_bundle(Path(self.settings.confdir))
         self.master.addons.add(EgressAddon(self.pipeline, self.instance, self.settings, self.metrics, self.config.fetch.allow_networks))
         if self.settings.admin_port is not None:
             await self._start_admin()

@@ -86,9 +86,10 @@ def test_make_run_defaults_serve_offline_and_fail_closed(tmp_path: Path) -> None
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
             except urllib.error.HTTPError as exc:
                 body = json.loads(exc.read())
+                exc.close()
                 if body["classifier"]["state"] == "failed":
                     break
             except OSError:
@@ -102,7 +103,67 @@ def test_make_run_defaults_serve_offline_and_fail_closed(tmp_path: Path) -> None
             urllib.request.urlopen(req, timeout=10)
         assert info.value.code == 503
         assert json.loads(info.value.read())["error_kind"] == "not_ready"
+        info.value.close()
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert "classifier not ready" in out
+
+
+@pytest.mark.slow
+def test_egress_command_serves_as_a_proxy(tmp_path: Path) -> None:
+    """`fedi-filter egress` as a real process: a clean image fetched through it arrives byte-identical,
+    a portrait (the face stand-in) is refused, and its admin port serves metrics."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    images = {"/coffee.jpg": photo("coffee"), "/astronaut.jpg": photo("astronaut")}
+
+    class Media(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = images[self.path]
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    media = ThreadingHTTPServer(("127.0.0.1", 0), Media)
+    threading.Thread(target=media.serve_forever, daemon=True).start()
+    port, admin = free_port(), free_port()
+    raw = config_dict(FACES, fetch={"allow_networks": ["127.0.0.1/32"]})
+    raw["server"]["audit_db"] = str(tmp_path / "a.db")
+    raw["egress"] = {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}", "confdir": str(tmp_path / "mitm")}
+    cfg = tmp_path / "egress.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "egress", "--config", str(cfg)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": f"http://127.0.0.1:{port}"}))
+        base = f"http://127.0.0.1:{media.server_address[1]}"
+        with opener.open(f"{base}/coffee.jpg", timeout=30) as r:
+            assert r.read() == images["/coffee.jpg"]
+        with pytest.raises(urllib.error.HTTPError) as info:
+            opener.open(f"{base}/astronaut.jpg", timeout=30)
+        info.value.close()
+        assert info.value.code == 403 and info.value.headers["X-Fedi-Filter"].startswith("reject")
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert 'ffp_egress_responses_total{outcome="accepted"} 1.0' in text
+        assert 'ffp_egress_responses_total{outcome="refused"} 1.0' in text
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+        media.shutdown()
+        media.server_close()

@@ -98,6 +98,8 @@ async def test_clean_media_passes_byte_identical_and_flagged_is_403(egress, aioh
 
 async def test_https_is_intercepted_with_the_proxy_ca(egress, aiohttp_server, ca, tmp_path) -> None:
     _, proxy = egress
+    bundle = (tmp_path / "mitm" / "ca-bundle.pem").read_text()  # what backends point SSL_CERT_FILE at
+    assert (tmp_path / "mitm" / "mitmproxy-ca-cert.pem").read_text() in bundle and bundle.count("BEGIN CERTIFICATE") > 1
     authority, _ = ca
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     authority.issue_cert("127.0.0.1").configure_cert(server_ctx)
