@@ -96,6 +96,9 @@ class Policy:
     """Inboxes: judge media before forwarding (True) or forward at once and judge in the background."""
     on_error: str = "reject"
     on_invalid: str = "reject"
+    on_unsupported: str = "reject"
+    """Files that are no image, video or audio we can decode (PDF, archives, SVG): not judged, so refused
+    by default; Misskey's drive takes any file, so config/misskey.yaml accepts them."""
     timeout_ms: int = 8000
     reject_status: int = 406
     limits: MediaLimits = field(default_factory=MediaLimits)
@@ -393,6 +396,7 @@ def _policy(name: str, s: _Section, base: Path) -> Policy:
         prefetch=s.get("prefetch", bool, True),
         on_error=s.choice("on_error", ("reject", "accept"), "reject"),
         on_invalid=s.choice("on_invalid", ("reject", "accept"), "reject"),
+        on_unsupported=s.choice("on_unsupported", ("reject", "accept"), "reject"),
         timeout_ms=s.positive("timeout_ms", 8000),
         reject_status=reject_status,
         limits=_limits(s.section("limits")),

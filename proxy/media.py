@@ -48,6 +48,9 @@ _IMAGE_MAGIC: tuple[tuple[bytes, int, str], ...] = (
 )
 _FTYP_IMAGE = {b"avif": "image/avif", b"avis": "image/avif", b"heic": "image/heic", b"heix": "image/heic", b"mif1": "image/heif"}
 VIDEO_TYPES = frozenset({"video/mp4", "video/quicktime", "video/webm"})
+AUDIO_TYPES = frozenset({"audio/mpeg", "audio/ogg", "audio/flac", "audio/wav", "audio/mp4"})
+"""Audio goes through FFmpeg too: cover art (ID3 APIC, FLAC PICTURE, MP4 covr) is a video stream there,
+and backends store it as the file's thumbnail."""
 
 
 def sniff(data: bytes) -> str | None:
@@ -57,11 +60,21 @@ def sniff(data: bytes) -> str | None:
             return mime
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        return "audio/wav"
     if data[4:8] == b"ftyp":
         brand = data[8:12]
         if brand in _FTYP_IMAGE:
             return _FTYP_IMAGE[brand]
+        if brand in (b"M4A ", b"M4B "):
+            return "audio/mp4"
         return "video/quicktime" if brand == b"qt  " else "video/mp4"
+    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0 and data[1] & 0x06):
+        return "audio/mpeg"
+    if data[:4] == b"OggS":
+        return "audio/ogg"
+    if data[:4] == b"fLaC":
+        return "audio/flac"
     if data[:4] == b"\x1a\x45\xdf\xa3":
         return "video/webm"
     return None
@@ -139,6 +152,8 @@ def _decode_video(data: bytes, mime: str, limits: MediaLimits, deadline: float) 
         raise MediaError("corrupt", f"{mime}: {exc}") from None
     with container:
         if not container.streams.video:
+            if mime in AUDIO_TYPES:
+                return Decoded(mime, 0, 0, 0, [])  # audio without cover art: nothing to look at
             raise MediaError("unsupported", f"{mime} has no video stream")
         stream = container.streams.video[0]
         _check_pixels(stream.codec_context.width, stream.codec_context.height, limits)
@@ -185,6 +200,6 @@ def decode(data: bytes, limits: MediaLimits) -> Decoded:
     if mime is None:
         raise MediaError("unsupported", "not an image or video this proxy can decode")
     deadline = time.monotonic() + limits.decode_timeout_ms / 1000
-    if mime in VIDEO_TYPES:
+    if mime in VIDEO_TYPES or mime in AUDIO_TYPES:
         return _decode_video(data, mime, limits, deadline)
     return _decode_image(data, mime, limits, deadline)

@@ -25,7 +25,7 @@ from classifier import Classifier, ClassifierNotReady, Overloaded, Signal
 from .audit import AuditRow, AuditStore, DeniedUrl
 from .config import Config, Instance, Policy
 from .fetch import Fetcher, FetchError
-from .media import Decoded, MediaError, decode
+from .media import Decoded, MediaError, decode, sniff
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class Verdict:
     instance: str
     latency_ms: float
     decided_by: str
-    """model | cache | allowlist | denylist | invalid | error | no_rules | denied_url | fetch"""
+    """model | cache | allowlist | denylist | invalid | error | no_rules | no_frames | denied_url | fetch | not_media"""
     detail: str | None = None
     mime: str | None = None
     error_kind: str | None = None
@@ -163,6 +163,8 @@ class Pipeline:
         sources = policy.rules.sources()
         if not sources:
             return finish(action="accept", labels=(), scores={}, decided_by="no_rules", mime=decoded.mime)
+        if not decoded.frames:  # audio without cover art
+            return finish(action="accept", labels=(), scores={}, decided_by="no_frames", mime=decoded.mime)
         remaining = policy.timeout_ms / 1000 - (time.perf_counter() - started)
         try:
             frame_scores = await asyncio.wait_for(self.classifier.score(decoded.frames, sources), max(remaining, 0.001))
@@ -229,8 +231,9 @@ class Pipeline:
         policy = instance.policy
 
         def unfetched(**kw: Any) -> Verdict:
-            v = Verdict(sha256="", source=source, instance=instance.name, policy=policy.name, labels=(), scores={},
-                        latency_ms=(time.perf_counter() - started) * 1000, **kw)
+            fields: dict[str, Any] = {"sha256": "", "labels": (), "scores": {}, **kw}
+            v = Verdict(source=source, instance=instance.name, policy=policy.name,
+                        latency_ms=(time.perf_counter() - started) * 1000, **fields)
             self._record(v, policy, url)
             return v
 
@@ -240,7 +243,8 @@ class Pipeline:
         cached = self.url_cache.get((url, policy.name))
         if cached is not None:
             self.metrics.cache_hits.inc()
-            return unfetched(action=cached.action, decided_by="cache", detail=f"url verdict {cached.sha256[:12]}")
+            return unfetched(action=cached.action, decided_by="cache", sha256=cached.sha256, labels=cached.labels,
+                             scores=cached.scores, detail="url verdict")
         assert self.fetcher is not None, "Pipeline needs a Fetcher to judge URLs"
         try:
             fetched = await self.fetcher.fetch(url)
@@ -252,6 +256,9 @@ class Pipeline:
             if exc.kind == "blocked":
                 self.deny_url(url, verdict, f"blocked: {exc}")
             return verdict
+        if sniff(fetched.body) is None:
+            # a web page, a JSON document: no media to judge here (a Lemmy link post's attachment, say)
+            return unfetched(action="accept", decided_by="not_media", detail=fetched.content_type)
         verdict = await self.judge(fetched.body, instance, source, url=url)
         if verdict.decided_by in ("model", "cache", "denylist", "allowlist"):
             self.url_cache[(url, policy.name)] = verdict
@@ -261,7 +268,8 @@ class Pipeline:
 
     def _invalid(self, finish: Any, policy: Policy, kind: str, detail: str, sha256: str, source: str) -> Verdict:
         self.metrics.invalid.labels(kind).inc()
-        action = "accept" if policy.on_invalid == "accept" else "reject"
+        choice = policy.on_unsupported if kind == "unsupported" else policy.on_invalid
+        action = "accept" if choice == "accept" else "reject"
         log.warning("invalid media %s from %s: %s (%s) -> %s", sha256[:12], source, kind, detail, action)
         if action == "accept":
             self.metrics.fail_open.labels(policy.name, f"invalid:{kind}").inc()

@@ -89,6 +89,18 @@ def mp4_video(names: list[str], size: tuple[int, int] = (128, 128)) -> bytes:
     return buf.getvalue()
 
 
+def wav_audio(seconds: float = 0.5) -> bytes:
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\x00\x10" * int(8000 * seconds))
+    return buf.getvalue()
+
+
 @pytest.fixture
 def photos() -> Callable[..., bytes]:
     return photo

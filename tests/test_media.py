@@ -5,7 +5,7 @@ from PIL import Image
 
 from proxy.config import MediaLimits
 from proxy.media import FRAME_MAX_SIDE, MediaError, decode, sniff
-from tests.conftest import animated_gif, mp4_video, photo, png_bomb
+from tests.conftest import animated_gif, mp4_video, photo, png_bomb, wav_audio
 
 LIMITS = MediaLimits()
 
@@ -18,6 +18,21 @@ def test_sniff_and_decode_formats(fmt: str, mime: str) -> None:
     d = decode(data, LIMITS)
     assert d.mime == mime and len(d.frames) == 1
     assert d.frames[0].mode == "RGB" and (d.width, d.height) == (600, 400)
+
+
+@pytest.mark.parametrize(
+    ("head", "mime"),
+    [(b"ID3\x04\x00", "audio/mpeg"), (b"\xff\xfb\x90\x00", "audio/mpeg"), (b"OggS\x00\x02", "audio/ogg"),
+     (b"fLaC\x00\x00", "audio/flac"), (b"RIFF\x00\x00\x00\x00WAVEfmt ", "audio/wav"),
+     (b"\x00\x00\x00\x20ftypM4A \x00\x00", "audio/mp4"), (b"\x00\x00\x00\x20ftypisom", "video/mp4")],
+)
+def test_sniff_audio_and_video(head: bytes, mime: str) -> None:
+    assert sniff(head) == mime
+
+
+def test_audio_without_cover_art_yields_no_frames() -> None:
+    d = decode(wav_audio(), LIMITS)
+    assert d.mime == "audio/wav" and d.frames == []
 
 
 def test_content_type_is_never_trusted() -> None:

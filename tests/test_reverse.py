@@ -325,6 +325,22 @@ async def test_inbox_never_fetches_private_addresses(aiohttp_client, aiohttp_ser
         assert (await pipeline.url_denial(url) or "").startswith("blocked"), url
 
 
+async def test_link_attachments_to_web_pages_are_not_media(aiohttp_client, aiohttp_server) -> None:
+    """A Lemmy link post: its attachment is an article, not an image; the delivery is not held up."""
+    env = await make_env(aiohttp_client, aiohttp_server)
+    doc = json.loads((FIXTURES / "lemmy_announce_page.json").read_text())
+    doc.pop("expected")
+    page = doc["object"]["object"]
+    page["attachment"] = [{"type": "Link", "href": f"http://127.0.0.1:{env.media.port}/page"}]
+    page["image"] = {"type": "Image", "url": env.media_url("rocket")}
+    page["content"] = "<p>no inline images</p>"
+    body = json.dumps(doc).encode()
+    resp = await env.client.post("/inbox", data=body, headers={"Host": "lemmy.test", "Content-Type": "application/activity+json"})
+    assert resp.status == 200 and env.backend.seen[-1].body == body
+    text = await (await env.client.get("/metrics")).text()
+    assert "ffp_invalid_media_total" not in text.replace("# HELP ffp_invalid_media_total", "").replace("# TYPE ffp_invalid_media_total", "")
+
+
 async def test_malformed_and_mediafree_deliveries_pass(aiohttp_client, aiohttp_server) -> None:
     env = await make_env(aiohttp_client, aiohttp_server)
     for body in (b"{not json", json.dumps({"type": "Follow", "actor": "https://r.example/u/1", "object": "https://masto.test/users/alice"}).encode()):

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from proxy.config import Config
 from proxy.server import CLASSIFIER, PIPELINE, build_app
-from tests.conftest import ALWAYS, NEVER, animated_gif, make_config, photo, png_bomb, policy
+from tests.conftest import ALWAYS, NEVER, animated_gif, make_config, photo, png_bomb, policy, wav_audio
 
 Client = Callable[..., Awaitable[TestClient]]
 
@@ -112,9 +112,24 @@ async def test_hostile_bodies_get_the_policy_answer_and_a_log_line(
 
 async def test_on_invalid_accept_is_a_counted_fail_open(aiohttp_client: Client) -> None:
     client = await start(aiohttp_client, make_config(policy(NEVER, on_invalid="accept")))
-    status, body = await post_media(client, b"not media at all")
-    assert status == 200 and body["decided_by"] == "invalid"
+    status, body = await post_media(client, photo("coffee", "PNG")[:3000])
+    assert status == 200 and body["decided_by"] == "invalid" and body["error_kind"] == "corrupt"
+    assert await metric(client, "ffp_fail_open_total", reason="invalid:corrupt") == 1
+    assert (await post_media(client, b"%PDF-1.7 not media"))[0] == 406  # on_unsupported stays reject
+
+
+async def test_on_unsupported_decides_files_that_are_no_media(aiohttp_client: Client) -> None:
+    client = await start(aiohttp_client, make_config(policy(ALWAYS, on_unsupported="accept")))
+    status, body = await post_media(client, b"%PDF-1.7 a document")
+    assert status == 200 and body["error_kind"] == "unsupported"
     assert await metric(client, "ffp_fail_open_total", reason="invalid:unsupported") == 1
+    assert (await post_media(client, photo("coffee", "PNG")[:3000]))[0] == 406  # corrupt media: on_invalid
+
+
+async def test_audio_without_cover_art_has_nothing_to_judge(aiohttp_client: Client) -> None:
+    client = await start(aiohttp_client, make_config(policy(ALWAYS)))
+    status, body = await post_media(client, wav_audio())
+    assert status == 200 and body["decided_by"] == "no_frames" and body["mime"] == "audio/wav"
 
 
 async def test_oversized_body_is_refused_with_413_without_reading_it(aiohttp_client: Client) -> None:
