@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/fedi-filter serve --config $(CONFIG)
 
-# Default suite plus the slow tests (real-weight models, streaming tests): what CI runs.
+# Type check, the default suite, then the slow tests (real processes of serve and egress): what CI runs.
 test: install
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -rs -m "not slow"
 	$(BIN)/python -m pytest -q -rs -m slow
 

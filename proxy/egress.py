@@ -33,7 +33,7 @@ from mitmproxy.options import Options
 from mitmproxy.tools.dump import DumpMaster
 
 from .audit import AuditStore
-from .config import Config, EgressConfig, Instance
+from .config import Config, ConfigError, EgressConfig, Instance
 from .fetch import address_allowed
 from .media import sniff
 from .metrics import Metrics
@@ -101,7 +101,7 @@ class EgressAddon:
                 infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except OSError:
                 return None  # mitmproxy reports the DNS failure itself
-            addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+            addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
         for ip in addresses:
             if not address_allowed(ip, self.allow):
                 return f"{host} is {ip}, not a public address"
@@ -232,8 +232,10 @@ class Egress:
 
         self.config = config
         self.settings = config.egress
-        self.instance = config.instance_named(self.settings.instance) if self.settings.instance else config.instances[0]
-        assert self.instance is not None
+        instance = config.instance_named(self.settings.instance) if self.settings.instance else config.instances[0]
+        if instance is None:  # parse_config checks this; kept for configs built by hand
+            raise ConfigError("egress.instance", f"no instance named {self.settings.instance!r}")
+        self.instance: Instance = instance
         self.metrics = Metrics()
         self.classifier = classifier_for(config, self.metrics)
         self.audit = AuditStore(config.server.audit_db, on_drop=self.metrics.audit_dropped.inc) if config.server.audit_db else None
@@ -265,7 +267,8 @@ class Egress:
 
     def listen_addrs(self) -> list[tuple[str, int]]:
         assert self.master is not None
-        return [tuple(a[:2]) for a in self.master.addons.get("proxyserver").listen_addrs()]  # type: ignore[union-attr, misc]
+        server = self.master.addons.get("proxyserver")
+        return [(str(a[0]), int(a[1])) for a in server.listen_addrs()]
 
     async def run(self) -> None:
         assert self.master is not None

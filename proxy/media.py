@@ -147,7 +147,7 @@ def _decode_video(data: bytes, mime: str, limits: MediaLimits, deadline: float) 
     import av
 
     try:
-        container = av.open(io.BytesIO(data))
+        container = av.open(io.BytesIO(data), mode="r")
     except (av.FFmpegError, ValueError) as exc:
         raise MediaError("corrupt", f"{mime}: {exc}") from None
     with container:

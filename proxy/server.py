@@ -157,10 +157,11 @@ async def services(app: web.Application) -> AsyncIterator[None]:
     classifier = classifier_for(config, m)
     app[CLASSIFIER] = classifier
     m.classifier_ready.set_function(lambda: 1.0 if classifier.ready else 0.0)
+    def depth(name: str) -> Callable[[], float]:
+        return lambda: float(classifier.batchers[name].queue_depth) if name in classifier.batchers else 0.0
+
     for name in classifier.source_names:
-        m.queue_depth.labels(name).set_function(
-            lambda n=name: float(classifier.batchers[n].queue_depth) if n in classifier.batchers else 0.0
-        )
+        m.queue_depth.labels(name).set_function(depth(name))
     audit = AuditStore(config.server.audit_db, on_drop=m.audit_dropped.inc) if config.server.audit_db else None
     if audit is not None:
         await audit.open()
