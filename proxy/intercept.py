@@ -98,6 +98,9 @@ Interceptor = Callable[[Context, web.Request, Instance, Route], Awaitable[web.St
 async def upload(ctx: Context, request: web.Request, instance: Instance, route: Route) -> web.StreamResponse:
     """Multipart uploads: judge every media part; forward the original bytes, refuse, or strip parts."""
     kind = instance.kind
+    if not request.content_type.startswith("multipart/"):
+        # JSON or urlencoded (a profile edit, an alt-text change) carries no file: nothing to judge
+        return await ctx.forwarder.forward(request, instance)
     try:
         body = await read_body(request, ctx.config.server.max_body_bytes)
     except BodyTooLarge as exc:

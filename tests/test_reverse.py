@@ -164,6 +164,19 @@ async def test_mastodon_avatar_update_is_judged(aiohttp_client, aiohttp_server) 
     assert resp.status == 200 and photo("rocket") in env.backend.seen[-1].body
 
 
+async def test_upload_routes_without_files_pass_untouched(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    resp = await env.request("mastodon", "PATCH", "/api/v1/accounts/update_credentials", json={"display_name": "Alice"})
+    assert resp.status == 200 and json.loads(env.backend.seen[-1].body) == {"display_name": "Alice"}
+    resp = await env.request("mastodon", "PUT", "/api/v1/media/42", data={"description": "a cup"})
+    assert resp.status == 200 and env.backend.seen[-1].body == b"description=a+cup"
+    fd = aiohttp.FormData(default_to_multipart=True)
+    fd.add_field("description", "a cup")
+    resp = await env.request("mastodon", "PUT", "/api/v1/media/42", data=fd)
+    seen = env.backend.seen[-1]
+    assert resp.status == 200 and seen.headers["Content-Type"].startswith("multipart/") and b"a cup" in seen.body
+
+
 async def test_lemmy_pictrs_upload(aiohttp_client, aiohttp_server) -> None:
     env = await make_env(aiohttp_client, aiohttp_server)
     form = multipart(("images[]", "c.jpg", photo("chelsea")))
