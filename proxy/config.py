@@ -94,6 +94,9 @@ class Policy:
     inbox: str = "strip"
     prefetch: bool = True
     """Inboxes: judge media before forwarding (True) or forward at once and judge in the background."""
+    inbox_timeout_ms: int = 6000
+    """How long a delivery waits for its media verdicts before it is forwarded anyway (the rest are judged
+    in the background and denied downstream). Senders give up early: Lemmy after 9 s, backend included."""
     on_error: str = "reject"
     on_invalid: str = "reject"
     on_unsupported: str = "reject"
@@ -394,6 +397,7 @@ def _policy(name: str, s: _Section, base: Path) -> Policy:
         actions=actions,
         inbox=s.choice("inbox", INBOX_ACTIONS, "strip"),
         prefetch=s.get("prefetch", bool, True),
+        inbox_timeout_ms=s.positive("inbox_timeout_ms", 6000),
         on_error=s.choice("on_error", ("reject", "accept"), "reject"),
         on_invalid=s.choice("on_invalid", ("reject", "accept"), "reject"),
         on_unsupported=s.choice("on_unsupported", ("reject", "accept"), "reject"),

@@ -195,13 +195,13 @@ async def inbox(ctx: Context, request: web.Request, instance: Instance, route: R
         return await ctx.forwarder.forward(request, instance, body=body)
 
     tasks = [asyncio.ensure_future(ctx.pipeline.judge_url(u, instance, "inbox")) for u in urls]
-    done, pending = await asyncio.wait(tasks, timeout=policy.timeout_ms / 1000)
+    done, pending = await asyncio.wait(tasks, timeout=policy.inbox_timeout_ms / 1000)
     for task in pending:  # judged in the background; refused URLs are denied downstream when done
         ctx.spawn(_await(task))
     flagged = [t.result() for t in done if not t.result().accepted and t.result().decided_by in FLAGGING]
     if pending:
         log.info("inbox delivery to %s: %d of %d media still being judged after %d ms; forwarded",
-                 instance.name, len(pending), len(urls), policy.timeout_ms)
+                 instance.name, len(pending), len(urls), policy.inbox_timeout_ms)
     if not flagged:
         m.inbox.labels(instance.name, "forwarded").inc()
         return await ctx.forwarder.forward(request, instance, body=body)

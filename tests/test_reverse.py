@@ -46,7 +46,7 @@ class Env:
 
 
 async def make_env(aiohttp_client: Any, aiohttp_server: Any, *, inbox: str = "reject", strip_uploads: bool = False,
-                   prefetch: bool = True, mastodon_host: str = "masto.test") -> Env:
+                   prefetch: bool = True, mastodon_host: str = "masto.test", **policy_overrides: Any) -> Env:
     backend = Backend()
     backend_server = await aiohttp_server(backend.app())
     media = await aiohttp_server(media_app())
@@ -54,6 +54,7 @@ async def make_env(aiohttp_client: Any, aiohttp_server: Any, *, inbox: str = "re
     pol = copy.deepcopy(FACES)
     pol["inbox"] = inbox
     pol["prefetch"] = prefetch
+    pol.update(policy_overrides)
     if strip_uploads:
         pol["actions"]["portrait"] = "strip"
     instances = [{"name": kind, "kind": kind, "hosts": [host if kind != "mastodon" else mastodon_host], "upstream": upstream,
@@ -352,6 +353,16 @@ async def test_link_attachments_to_web_pages_are_not_media(aiohttp_client, aioht
     assert resp.status == 200 and env.backend.seen[-1].body == body
     text = await (await env.client.get("/metrics")).text()
     assert "ffp_invalid_media_total" not in text.replace("# HELP ffp_invalid_media_total", "").replace("# TYPE ffp_invalid_media_total", "")
+
+
+async def test_slow_media_does_not_hold_a_delivery_past_its_budget(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server, inbox_timeout_ms=300)
+    slow = f"http://127.0.0.1:{env.media.port}/slow?s=2"
+    resp = await deliver(env, delivery(env, [slow]))
+    assert resp.status == 200 and len(env.backend.seen) == 1
+    assert len(env.client.app[CONTEXT].background) == 1  # answered while its media is still being judged
+    await drain(env)
+    assert env.client.app[CONTEXT].background == set()
 
 
 async def test_malformed_and_mediafree_deliveries_pass(aiohttp_client, aiohttp_server) -> None:
