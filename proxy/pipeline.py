@@ -109,10 +109,7 @@ class Pipeline:
             return 0
         rows = await self.audit.recent_model_verdicts(self.config.server.cache_ttl_s, self.config.server.cache_size)
         for row in rows:
-            self.cache[(row["sha256"], row["policy"])] = Verdict(
-                sha256=row["sha256"], action=row["action"], labels=tuple(row["labels"]), scores=row["scores"],
-                source="", instance="", latency_ms=0.0, decided_by="model", policy=row["policy"],
-            )
+            self.cache[(row["sha256"], row["policy"])] = _from_audit(row["sha256"], row["policy"], row)
         return len(rows)
 
     def close(self) -> None:
@@ -202,11 +199,7 @@ class Pipeline:
         if cached is None and self.audit is not None:
             row = await self.audit.model_verdict(sha256, policy.name, self.config.server.cache_ttl_s)
             if row is not None:
-                cached = Verdict(
-                    sha256=sha256, action=row["action"], labels=tuple(row["labels"]), scores=row["scores"], source="",
-                    instance="", latency_ms=0.0, decided_by="model", policy=policy.name,
-                )
-                self.cache[(sha256, policy.name)] = cached
+                cached = self.cache[(sha256, policy.name)] = _from_audit(sha256, policy.name, row)
         return cached
 
     async def url_denial(self, url: str) -> str | None:
@@ -307,6 +300,12 @@ class Pipeline:
                     latency_ms=round(v.latency_ms, 2), detail=v.detail, url=url,
                 )
             )
+
+
+def _from_audit(sha256: str, policy: str, row: dict[str, Any]) -> Verdict:
+    """A cached model verdict rebuilt from its audit row."""
+    return Verdict(sha256=sha256, action=row["action"], labels=tuple(row["labels"]), scores=row["scores"], source="",
+                   instance="", latency_ms=0.0, decided_by="model", policy=policy)
 
 
 def _quarantine(directory: str, sha256: str, data: bytes) -> None:

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from classifier import ClassifierNotReady
 from proxy.config import Config
 from proxy.server import CLASSIFIER, PIPELINE, build_app
 from tests.conftest import ALWAYS, NEVER, animated_gif, make_config, photo, png_bomb, policy, wav_audio
@@ -202,7 +203,7 @@ async def test_worst_frame_of_an_animation_decides(aiohttp_client: Client) -> No
 async def test_classifier_not_ready_fails_closed_with_503(aiohttp_client: Client, tmp_path) -> None:
     cfg = make_config(policy(NEVER), classifier={"pretrained": str(tmp_path / "missing" / "weights.bin")})
     client = await start(aiohttp_client, cfg, ready=False)
-    with pytest.raises(Exception, match="does not exist"):
+    with pytest.raises(ClassifierNotReady, match="does not exist"):
         await client.app[CLASSIFIER].wait_ready()
     health = await client.get("/healthz")
     body = await health.json()
@@ -218,7 +219,7 @@ async def test_fail_open_is_configured_logged_and_counted(
 ) -> None:
     cfg = make_config(policy(NEVER, on_error="accept"), classifier={"pretrained": str(tmp_path / "nope" / "w.bin")})
     client = await start(aiohttp_client, cfg, ready=False)
-    with pytest.raises(Exception):
+    with pytest.raises(ClassifierNotReady, match="does not exist"):
         await client.app[CLASSIFIER].wait_ready()
     with caplog.at_level(logging.WARNING, logger="proxy.pipeline"):
         status, body = await post_media(client, photo("coffee"))
