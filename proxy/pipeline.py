@@ -103,6 +103,7 @@ class Pipeline:
         )
         self.denied_urls: TTLCache[str, str] = TTLCache(maxsize=config.server.cache_size, ttl=config.server.cache_ttl_s)
         self._pool = ThreadPoolExecutor(max_workers=config.server.decode_workers, thread_name_prefix="decode")
+        self._inflight: dict[tuple[str, str], asyncio.Task[dict[str, Any]]] = {}
 
     async def warm_cache(self) -> int:
         if self.audit is None:
@@ -147,34 +148,57 @@ class Pipeline:
             self.metrics.cache_hits.inc()
             return finish(action=cached.action, labels=cached.labels, scores=cached.scores, decided_by="cache", mime=cached.mime)
 
+        # one judgement per (sha256, policy) at a time: concurrent requests for the same bytes (a flood of
+        # one upload, an inbox prefetch racing the backend's own fetch) share it
+        key = (sha256, policy.name)
+        task = self._inflight.get(key)
+        shared = task is not None
+        if task is None:
+            task = loop.create_task(self._decide(data, policy, sha256, source, started))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        outcome = await asyncio.shield(task)
+        if shared and outcome["decided_by"] == "model":
+            self.metrics.cache_hits.inc()
+            outcome = {**outcome, "decided_by": "cache"}
+        verdict = finish(**outcome)
+        if not shared and verdict.decided_by == "model":
+            self.cache[key] = verdict
+            if verdict.action == "quarantine" and policy.quarantine_dir:
+                await loop.run_in_executor(self._pool, _quarantine, policy.quarantine_dir, sha256, data)
+        return verdict
+
+    async def _decide(self, data: bytes, policy: Policy, sha256: str, source: str, started: float) -> dict[str, Any]:
+        """Decode and classify: the fields of a verdict. Never raises."""
+        loop = asyncio.get_running_loop()
         try:
             decoded = await asyncio.wait_for(
                 loop.run_in_executor(self._pool, decode, data, policy.limits),
                 policy.limits.decode_timeout_ms / 1000 + 1.0,
             )
         except MediaError as exc:
-            return self._invalid(finish, policy, exc.kind, str(exc), sha256, source)
+            return self._invalid(policy, exc.kind, str(exc), sha256, source)
         except TimeoutError:
-            return self._invalid(finish, policy, "timeout", "decoding took too long", sha256, source)
+            return self._invalid(policy, "timeout", "decoding took too long", sha256, source)
 
         sources = policy.rules.sources()
         if not sources:
-            return finish(action="accept", labels=(), scores={}, decided_by="no_rules", mime=decoded.mime)
+            return {"action": "accept", "labels": (), "scores": {}, "decided_by": "no_rules", "mime": decoded.mime}
         if not decoded.frames:  # audio without cover art
-            return finish(action="accept", labels=(), scores={}, decided_by="no_frames", mime=decoded.mime)
+            return {"action": "accept", "labels": (), "scores": {}, "decided_by": "no_frames", "mime": decoded.mime}
         remaining = policy.timeout_ms / 1000 - (time.perf_counter() - started)
         try:
             frame_scores = await asyncio.wait_for(self.classifier.score(decoded.frames, sources), max(remaining, 0.001))
         except ClassifierNotReady as exc:
-            return self._error(finish, policy, "not_ready", str(exc), decoded, sha256, source)
+            return self._error(policy, "not_ready", str(exc), decoded, sha256, source)
         except Overloaded as exc:
             self.metrics.overload.labels("classifier").inc()
-            return self._error(finish, policy, "overloaded", str(exc), decoded, sha256, source)
+            return self._error(policy, "overloaded", str(exc), decoded, sha256, source)
         except TimeoutError:
-            return self._error(finish, policy, "timeout", f"no verdict within {policy.timeout_ms} ms", decoded, sha256, source)
+            return self._error(policy, "timeout", f"no verdict within {policy.timeout_ms} ms", decoded, sha256, source)
         except Exception as exc:  # a model crash must not take the server down or pass media silently
             log.exception("classifier failed on %s", sha256[:12])
-            return self._error(finish, policy, "internal", f"classifier error: {exc}", decoded, sha256, source)
+            return self._error(policy, "internal", f"classifier error: {exc}", decoded, sha256, source)
 
         labels: set[str] = set()
         worst: dict[Signal, float] = {}
@@ -183,15 +207,10 @@ class Pipeline:
             labels |= result.labels
             for sig, value in result.scores.items():
                 worst[sig] = max(value, worst.get(sig, float("-inf")))
-        action = policy.action_for(labels)
-        verdict = finish(
-            action=action, labels=tuple(sorted(labels)), scores=_group_scores(worst), decided_by="model",
-            mime=decoded.mime, frames=len(decoded.frames),
-        )
-        self.cache[(sha256, policy.name)] = verdict
-        if action == "quarantine" and policy.quarantine_dir:
-            await loop.run_in_executor(self._pool, _quarantine, policy.quarantine_dir, sha256, data)
-        return verdict
+        return {
+            "action": policy.action_for(labels), "labels": tuple(sorted(labels)), "scores": _group_scores(worst),
+            "decided_by": "model", "mime": decoded.mime, "frames": len(decoded.frames),
+        }
 
     async def _cached(self, sha256: str, policy: Policy) -> Verdict | None:
         """A verdict from memory, or one another process sharing the audit store reached (egress/serve)."""
@@ -259,26 +278,23 @@ class Pipeline:
             self.deny_url(url, verdict, f"{verdict.action}: {', '.join(verdict.labels) or verdict.decided_by}")
         return verdict
 
-    def _invalid(self, finish: Any, policy: Policy, kind: str, detail: str, sha256: str, source: str) -> Verdict:
+    def _invalid(self, policy: Policy, kind: str, detail: str, sha256: str, source: str) -> dict[str, Any]:
         self.metrics.invalid.labels(kind).inc()
         choice = policy.on_unsupported if kind == "unsupported" else policy.on_invalid
         action = "accept" if choice == "accept" else "reject"
         log.warning("invalid media %s from %s: %s (%s) -> %s", sha256[:12], source, kind, detail, action)
         if action == "accept":
             self.metrics.fail_open.labels(policy.name, f"invalid:{kind}").inc()
-        return finish(action=action, labels=(), scores={}, decided_by="invalid", detail=detail, error_kind=kind)
+        return {"action": action, "labels": (), "scores": {}, "decided_by": "invalid", "detail": detail, "error_kind": kind}
 
-    def _error(
-        self, finish: Any, policy: Policy, kind: str, detail: str, decoded: Decoded, sha256: str, source: str
-    ) -> Verdict:
+    def _error(self, policy: Policy, kind: str, detail: str, decoded: Decoded, sha256: str, source: str) -> dict[str, Any]:
         self.metrics.errors.labels(kind).inc()
         action = "accept" if policy.on_error == "accept" else "reject"
         log.warning("no verdict for %s from %s: %s -> on_error=%s", sha256[:12], source, detail, action)
         if action == "accept":
             self.metrics.fail_open.labels(policy.name, kind).inc()
-        return finish(
-            action=action, labels=(), scores={}, decided_by="error", detail=detail, error_kind=kind, mime=decoded.mime
-        )
+        return {"action": action, "labels": (), "scores": {}, "decided_by": "error", "detail": detail, "error_kind": kind,
+                "mime": decoded.mime}
 
     def _record(self, v: Verdict, policy: Policy, url: str | None) -> None:
         m = self.metrics

@@ -181,6 +181,16 @@ async def test_repeat_is_answered_from_cache_and_audited(aiohttp_client: Client)
     assert rows[0]["sha256"] == hashlib.sha256(data).hexdigest() and rows[0]["labels"] == ["flagged"]
 
 
+async def test_concurrent_requests_for_the_same_bytes_share_one_judgement(aiohttp_client: Client) -> None:
+    client = await start(aiohttp_client, make_config(policy(ALWAYS)))
+    data = photo("horse")
+    results = await asyncio.gather(*(post_media(client, data) for _ in range(8)))
+    assert all(status == 406 and body["labels"] == ["flagged"] for status, body in results)
+    assert sorted(body["decided_by"] for _, body in results) == ["cache"] * 7 + ["model"]
+    assert await metric(client, "ffp_classifier_batch_size_sum", model="clip") == 1  # one frame classified
+    assert client.app[PIPELINE]._inflight == {}
+
+
 async def test_worst_frame_of_an_animation_decides(aiohttp_client: Client) -> None:
     """Measure each photo's score, set the threshold between the lowest and highest, and hide the
     highest-scoring photo as one frame among low-scoring ones."""
