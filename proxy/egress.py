@@ -164,7 +164,7 @@ class EgressAddon:
         if verdict.accepted:
             self.metrics.egress.labels("accepted").inc()
             return
-        reason = f"{verdict.action}: {verdict.detail or ', '.join(verdict.labels) or verdict.decided_by}"
+        reason = f"{verdict.action}: {verdict.reason}"
         self.metrics.egress.labels("refused").inc()
         if verdict.decided_by in ("model", "cache", "denylist"):
             self.pipeline.deny_url(url, verdict, reason)

@@ -60,10 +60,6 @@ def is_retryable(verdict: Verdict) -> bool:
     return verdict.decided_by == "error" and verdict.error_kind in RETRYABLE and not verdict.accepted
 
 
-def describe(verdict: Verdict) -> str:
-    return verdict.detail or ", ".join(verdict.labels) or verdict.decided_by
-
-
 @dataclass
 class Context:
     config: Config
@@ -124,7 +120,7 @@ async def upload(ctx: Context, request: web.Request, instance: Instance, route: 
     if any(is_retryable(v) for v in refused.values()):
         ctx.metrics.uploads.labels(instance.name, "unavailable").inc()
         first = next(v for v in refused.values() if is_retryable(v))
-        return backends.refusal(kind, f"media could not be checked, try again later ({describe(first)})", status=503,
+        return backends.refusal(kind, f"media could not be checked, try again later ({first.reason})", status=503,
                                 code="media-unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
     kept = len(media) - len(refused)
     if route.multi and kept and all(v.action == "strip" for v in refused.values()):
@@ -132,7 +128,7 @@ async def upload(ctx: Context, request: web.Request, instance: Instance, route: 
         log.info("upload to %s: stripped %d of %d files", instance.name, len(refused), len(media))
         return await ctx.forwarder.forward(request, instance, body=form.without(set(refused)))
     ctx.metrics.uploads.labels(instance.name, "refused").inc()
-    reasons = sorted({describe(v) for v in refused.values()})
+    reasons = sorted({v.reason for v in refused.values()})
     return backends.refusal(kind, f"media refused: {'; '.join(reasons)}")
 
 
@@ -157,9 +153,9 @@ async def ingest(ctx: Context, request: web.Request, instance: Instance, route: 
     if verdict.accepted:
         return await ctx.forwarder.forward(request, instance, body=body)
     if is_retryable(verdict):
-        return backends.refusal(instance.kind, f"media could not be checked, try again later ({describe(verdict)})",
+        return backends.refusal(instance.kind, f"media could not be checked, try again later ({verdict.reason})",
                                 status=503, code="media-unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
-    return backends.refusal(instance.kind, f"media refused: {describe(verdict)}")
+    return backends.refusal(instance.kind, f"media refused: {verdict.reason}")
 
 
 async def _judge_all(ctx: Context, urls: list[str], instance: Instance) -> list[Verdict]:
@@ -205,7 +201,7 @@ async def inbox(ctx: Context, request: web.Request, instance: Instance, route: R
     if not flagged:
         m.inbox.labels(instance.name, "forwarded").inc()
         return await ctx.forwarder.forward(request, instance, body=body)
-    reasons = sorted({describe(v) for v in flagged})
+    reasons = sorted({v.reason for v in flagged})
     log.warning("inbox delivery to %s carries refused media (%s): %s", instance.name, "; ".join(reasons), policy.inbox)
     m.inbox.labels(instance.name, policy.inbox).inc()
     if policy.inbox == "reject":

@@ -56,6 +56,11 @@ class Verdict:
     def accepted(self) -> bool:
         return self.action == "accept"
 
+    @property
+    def reason(self) -> str:
+        """Why, in a few words: the detail, else the labels, else how it was decided."""
+        return self.detail or ", ".join(self.labels) or self.decided_by
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "sha256": self.sha256,
@@ -275,7 +280,7 @@ class Pipeline:
         if verdict.decided_by in ("model", "cache", "denylist", "allowlist"):
             self.url_cache[(url, policy.name)] = verdict
         if not verdict.accepted and verdict.decided_by in ("model", "cache", "denylist"):
-            self.deny_url(url, verdict, f"{verdict.action}: {', '.join(verdict.labels) or verdict.decided_by}")
+            self.deny_url(url, verdict, f"{verdict.action}: {verdict.reason}")
         return verdict
 
     def _invalid(self, policy: Policy, kind: str, detail: str, sha256: str, source: str) -> dict[str, Any]:

@@ -1,4 +1,6 @@
-"""`fedi-filter serve`: the HTTP API (validation, scan, health, metrics) on one aiohttp app."""
+"""`fedi-filter serve`: one aiohttp app on one port. Hosts that an instance claims are reverse-proxied to
+it (uploads, URL ingestion and inboxes intercepted, everything else streamed); any other host reaches
+the API: validation (pict-rs external_validation), scan, health, metrics."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ CLASSIFIER = web.AppKey("classifier", Classifier)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 CONTEXT = web.AppKey("context", Context)
 
+
 def json_error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, "msg": message, **extra}, status=status)
 
@@ -49,7 +52,7 @@ def validation_response(verdict: Verdict, instance: Instance) -> web.Response:
     body = verdict.to_json()
     if verdict.accepted:
         return web.json_response(body, status=200)
-    body["msg"] = f"media refused: {verdict.detail or ', '.join(verdict.labels) or verdict.decided_by}"
+    body["msg"] = f"media refused: {verdict.reason}"
     if is_retryable(verdict):
         return web.json_response(body, status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
     return web.json_response(body, status=instance.policy.reject_status)
