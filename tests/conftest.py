@@ -101,6 +101,36 @@ def wav_audio(seconds: float = 0.5) -> bytes:
     return buf.getvalue()
 
 
+def audio_with_cover(name: str, fmt: str = "mp3") -> bytes:
+    """An MP3 (ID3 APIC) or FLAC (PICTURE block) with the photo as its cover art, as backends thumbnail it."""
+    import av
+    import numpy as np
+
+    acodec, vcodec, pix, rate = {"mp3": ("mp3", "mjpeg", "yuvj420p", 44100), "flac": ("flac", "png", "rgb24", 8000)}[fmt]
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=fmt) as out:
+        audio = out.add_stream(acodec, rate=rate)
+        cover = out.add_stream(vcodec)
+        cover.width, cover.height = 128, 128
+        cover.pix_fmt = pix
+        cover.disposition = av.stream.Disposition.attached_pic
+        for packet in cover.encode(av.VideoFrame.from_image(Image.fromarray(photo_array(name)).convert("RGB").resize((128, 128)))):
+            out.mux(packet)
+        for packet in cover.encode():
+            out.mux(packet)
+        sample_fmt = audio.codec_context.format.name
+        n = audio.codec_context.frame_size or 1024
+        dtype = np.float32 if sample_fmt.startswith("flt") else np.int16 if sample_fmt.startswith("s16") else np.int32
+        for i in range(8):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, n), dtype=dtype), format=sample_fmt, layout="mono")
+            frame.sample_rate, frame.pts = rate, i * n
+            for packet in audio.encode(frame):
+                out.mux(packet)
+        for packet in audio.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
 @pytest.fixture
 def photos() -> Callable[..., bytes]:
     return photo

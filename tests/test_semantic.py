@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_config, photo
+from tests.conftest import audio_with_cover, make_config, photo
 from tests.test_server import post_media, start
 
 FACES = {
@@ -36,6 +36,16 @@ async def test_face_standin_policy_refuses_portraits_and_accepts_the_rest(aiohtt
     for name in ("coffee", "rocket", "chelsea"):
         status, body = await post_media(client, photo(name))
         assert status == 200, (name, body)
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "flac"])
+async def test_audio_cover_art_is_judged(aiohttp_client, fmt: str) -> None:
+    """Backends keep an audio file's cover art as its thumbnail: the art is what gets judged."""
+    client = await start(aiohttp_client, make_config(FACES))
+    status, body = await post_media(client, audio_with_cover("astronaut", fmt))
+    assert status == 406 and body["labels"] == ["portrait"] and body["mime"].startswith("audio/")
+    status, body = await post_media(client, audio_with_cover("coffee", fmt))
+    assert status == 200 and body["decided_by"] == "model" and body["frames"] == 1
 
 
 CLIP_WEIGHTS = os.environ.get("FFP_CLIP_WEIGHTS")
