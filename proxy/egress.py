@@ -174,18 +174,23 @@ class EgressAddon:
         policy = self.instance.policy
         try:
             async with asyncio.timeout(policy.timeout_ms / 1000):
-                async with self.slots:
-                    return await self.pipeline.judge(body, self.instance, "egress", url=url)
+                await self.slots.acquire()
         except TimeoutError:
             self.metrics.overload.labels("egress").inc()
             action = "accept" if policy.on_error == "accept" else "reject"
             if action == "accept":
                 self.metrics.fail_open.labels(policy.name, "egress_overloaded").inc()
-            log.warning("egress: no verdict for %s within %d ms (all %d slots busy): on_error=%s", url,
+            log.warning("egress: no judgement slot for %s within %d ms (all %d busy): on_error=%s", url,
                         policy.timeout_ms, self.settings.max_concurrent, action)
-            return Verdict(sha256="", action=action, labels=(), scores={}, source="egress", instance=self.instance.name,
-                           latency_ms=float(policy.timeout_ms), decided_by="error", detail="egress overloaded",
-                           error_kind="overloaded", policy=policy.name)
+            verdict = Verdict(sha256="", action=action, labels=(), scores={}, source="egress", instance=self.instance.name,
+                              latency_ms=float(policy.timeout_ms), decided_by="error", detail="egress overloaded",
+                              error_kind="overloaded", policy=policy.name)
+            self.pipeline.record(verdict, policy, url)
+            return verdict
+        try:
+            return await self.pipeline.judge(body, self.instance, "egress", url=url)
+        finally:
+            self.slots.release()
 
     def error(self, flow: http.HTTPFlow) -> None:
         if flow.error and "body_size_limit" in flow.error.msg:
@@ -241,6 +246,7 @@ class Egress:
         self.audit = AuditStore(config.server.audit_db, on_drop=self.metrics.audit_dropped.inc) if config.server.audit_db else None
         self.pipeline = Pipeline(config, self.classifier, self.audit, self.metrics)
         self.master: DumpMaster | None = None
+        self.addon: EgressAddon | None = None
         self._admin: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -250,7 +256,8 @@ class Egress:
         self.master = DumpMaster(Options(), with_termlog=False, with_dumper=False)
         self.master.options.update(**mitm_options(self.settings))  # creates the CA in confdir on first start
         write_ca_bundle(Path(self.settings.confdir))
-        self.master.addons.add(EgressAddon(self.pipeline, self.instance, self.settings, self.metrics, self.config.fetch.allow_networks))
+        self.addon = EgressAddon(self.pipeline, self.instance, self.settings, self.metrics, self.config.fetch.allow_networks)
+        self.master.addons.add(self.addon)
         if self.settings.admin_port is not None:
             await self._start_admin()
 

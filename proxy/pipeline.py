@@ -136,7 +136,7 @@ class Pipeline:
                 sha256=sha256, source=source, instance=instance.name, policy=policy.name,
                 latency_ms=(time.perf_counter() - started) * 1000, **kw,
             )
-            self._record(v, policy, url)
+            self.record(v, policy, url)
             return v
 
         deny = policy.deny.match(sha256, md5)
@@ -251,7 +251,7 @@ class Pipeline:
             fields: dict[str, Any] = {"sha256": "", "labels": (), "scores": {}, **kw}
             v = Verdict(source=source, instance=instance.name, policy=policy.name,
                         latency_ms=(time.perf_counter() - started) * 1000, **fields)
-            self._record(v, policy, url)
+            self.record(v, policy, url)
             return v
 
         reason = await self.url_denial(url)
@@ -301,7 +301,8 @@ class Pipeline:
         return {"action": action, "labels": (), "scores": {}, "decided_by": "error", "detail": detail, "error_kind": kind,
                 "mime": decoded.mime}
 
-    def _record(self, v: Verdict, policy: Policy, url: str | None) -> None:
+    def record(self, v: Verdict, policy: Policy, url: str | None) -> None:
+        """Count a verdict in the metrics, log a refusal, write its audit row."""
         m = self.metrics
         m.verdicts.labels(v.instance, v.source, v.action, v.decided_by).inc()
         m.latency.labels(v.source, v.decided_by).observe(v.latency_ms / 1000)

@@ -131,6 +131,25 @@ async def test_response_over_the_limit_is_refused(egress, aiohttp_server) -> Non
     assert e.metrics.egress.labels("too_large")._value.get() == 1
 
 
+async def test_busy_judgement_slots_get_on_error(tmp_path, ca, aiohttp_server) -> None:
+    raw = egress_config(tmp_path, ca[1], max_concurrent=1)
+    raw["policies"]["main"]["timeout_ms"] = 200
+    media = await aiohttp_server(media_app())
+    async for e, proxy in running(raw):
+        assert e.addon is not None
+        await e.addon.slots.acquire()  # every slot busy
+        status, _, headers = await get(proxy, f"http://127.0.0.1:{media.port}/img/coffee.jpg")
+        assert status == 403 and "egress overloaded" in headers["X-Fedi-Filter"]
+        e.addon.slots.release()
+        status, body, _ = await get(proxy, f"http://127.0.0.1:{media.port}/img/coffee.jpg")
+        assert status == 200 and body == photo("coffee")
+        assert e.metrics.overload.labels("egress")._value.get() == 1
+        assert e.audit is not None
+        await e.audit.flush()
+        rows = await e.audit.query("SELECT decided_by, detail FROM decisions WHERE source = 'egress' ORDER BY id")
+        assert [(r["decided_by"], r["detail"]) for r in rows] == [("error", "egress overloaded"), ("model", None)]
+
+
 async def test_private_targets_are_refused_before_connecting(egress, aiohttp_server) -> None:
     _, proxy = egress
     media = await aiohttp_server(media_app())
