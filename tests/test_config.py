@@ -141,3 +141,20 @@ def test_instance_claiming() -> None:
     raw["instances"][1]["upstream"] = ""
     with pytest.raises(ConfigError, match="needs an upstream"):
         parse_config(raw)
+
+
+def test_default_csam_rules_combine_as_horde_safety_does() -> None:
+    """The shipped thresholds, read by the generic rules engine, on made-up score vectors."""
+    rules = load_config(ROOT / "config/default.yaml").policies["csam"].rules
+
+    def labels(**scores: float) -> frozenset[str]:
+        return rules.evaluate({("clip", k.replace("_", " ")): v for k, v in scores.items()}).labels
+
+    assert labels(child=0.19, children=0.19, teen=0.215, naked=0.2) == {"csam", "nsfw"}
+    assert labels(child=0.19, children=0.19, naked=0.2) == {"nsfw"}  # two underage hits are not enough
+    assert labels(child=0.23, nudity=0.2) == {"csam", "nsfw"}  # a critical hit counts three
+    assert labels(child=0.19, children=0.19, teen=0.215) == frozenset()  # nothing lewd: no label
+    # control words: a pregnant woman's photo lowers the infant/toddler scores below their thresholds
+    assert labels(infant=0.2, infants=0.2, toddler=0.2, porn=0.21) == {"csam", "nsfw"}
+    assert labels(infant=0.2, infants=0.2, toddler=0.2, porn=0.21, pregnant=0.22) == {"nsfw"}
+    assert labels(teen=0.22, teens=0.22, tween=0.19, naked=0.2, east_asian=0.25) == {"nsfw"}
