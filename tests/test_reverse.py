@@ -113,6 +113,18 @@ async def test_bodies_stream_through_byte_for_byte(aiohttp_client, aiohttp_serve
     assert resp.status == 200 and await resp.read() == b"x" * 3_000_000
 
 
+async def test_head_and_bodiless_answers_pass(aiohttp_client, aiohttp_server) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    resp = await env.request("mastodon", "HEAD", "/api/v1/instance")
+    assert resp.status == 200 and await resp.read() == b"" and env.backend.seen[-1].method == "HEAD"
+    env.backend.status = 304
+    resp = await env.request("mastodon", "GET", "/packs/app.js", headers={"If-None-Match": '"abc"'})
+    assert resp.status == 304 and env.backend.seen[-1].headers["If-None-Match"] == '"abc"'
+    env.backend.status = 200
+    resp = await env.request("mastodon", "POST", "/api/v1/statuses", data=b"x" * 70_000, headers={"Expect": "100-continue"})
+    assert resp.status == 200 and env.backend.seen[-1].body == b"x" * 70_000
+
+
 async def test_websocket_upgrade_is_bridged(aiohttp_client, aiohttp_server) -> None:
     env = await make_env(aiohttp_client, aiohttp_server)
     async with env.client.ws_connect("/ws", headers={"Host": "masto.test"}, protocols=("access-token-abc",)) as ws:
