@@ -18,7 +18,6 @@ is judged by the same verdict pipeline before they can store it:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
 import socket
@@ -34,7 +33,7 @@ from mitmproxy.tools.dump import DumpMaster
 
 from .audit import AuditStore
 from .config import Config, ConfigError, EgressConfig, Instance
-from .fetch import address_allowed
+from .fetch import BlockedAddress, GuardedResolver
 from .media import sniff
 from .metrics import Metrics
 from .pipeline import Pipeline, Verdict
@@ -85,7 +84,7 @@ class EgressAddon:
         self.instance = instance
         self.settings = settings
         self.metrics = metrics
-        self.allow = allow
+        self.resolver = GuardedResolver(allow)
         self.slots = asyncio.Semaphore(settings.max_concurrent)
 
     def _refuse(self, flow: http.HTTPFlow, status: int, reason: str) -> None:
@@ -93,18 +92,13 @@ class EgressAddon:
                                            {"Content-Type": "text/plain; charset=utf-8", HEADER: reason[:200]})
 
     async def _private_target(self, host: str, port: int) -> str | None:
+        """Why ``host`` must not be reached (an address that is not public), or None."""
         try:
-            ip = ipaddress.ip_address(host.strip("[]"))
-            addresses = [ip]
-        except ValueError:
-            try:
-                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError:
-                return None  # mitmproxy reports the DNS failure itself
-            addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
-        for ip in addresses:
-            if not address_allowed(ip, self.allow):
-                return f"{host} is {ip}, not a public address"
+            await self.resolver.resolve(host.strip("[]"), port, socket.AF_UNSPEC)
+        except BlockedAddress as exc:
+            return str(exc)
+        except OSError:
+            return None  # mitmproxy reports the DNS failure itself
         return None
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:

@@ -60,6 +60,12 @@ def is_retryable(verdict: Verdict) -> bool:
     return verdict.decided_by == "error" and verdict.error_kind in RETRYABLE and not verdict.accepted
 
 
+def unavailable(kind: str, verdict: Verdict) -> web.Response:
+    """No verdict in time and the policy fails closed: a 503 the client may retry."""
+    return backends.refusal(kind, f"media could not be checked, try again later ({verdict.reason})", status=503,
+                            code="media-unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 @dataclass
 class Context:
     config: Config
@@ -119,9 +125,7 @@ async def upload(ctx: Context, request: web.Request, instance: Instance, route: 
         return await ctx.forwarder.forward(request, instance, body=body)
     if any(is_retryable(v) for v in refused.values()):
         ctx.metrics.uploads.labels(instance.name, "unavailable").inc()
-        first = next(v for v in refused.values() if is_retryable(v))
-        return backends.refusal(kind, f"media could not be checked, try again later ({first.reason})", status=503,
-                                code="media-unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
+        return unavailable(kind, next(v for v in refused.values() if is_retryable(v)))
     kept = len(media) - len(refused)
     if route.multi and kept and all(v.action == "strip" for v in refused.values()):
         ctx.metrics.uploads.labels(instance.name, "stripped").inc()
@@ -153,8 +157,7 @@ async def ingest(ctx: Context, request: web.Request, instance: Instance, route: 
     if verdict.accepted:
         return await ctx.forwarder.forward(request, instance, body=body)
     if is_retryable(verdict):
-        return backends.refusal(instance.kind, f"media could not be checked, try again later ({verdict.reason})",
-                                status=503, code="media-unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
+        return unavailable(instance.kind, verdict)
     return backends.refusal(instance.kind, f"media refused: {verdict.reason}")
 
 
