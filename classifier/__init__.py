@@ -1,4 +1,4 @@
-"""Media classification: signal sources (CLIP, detectors), dynamic batching, and the rules engine.
+"""Media classification behind the :class:`Scorer` seam: signal sources (CLIP, detectors), dynamic batching, and the rules engine.
 
 Exceptions: :class:`ClassifierNotReady` (loading or failed to load), :class:`Overloaded` (queue full),
 :class:`SourceLoadError` (a model could not be loaded), :class:`RuleError` (a rules parse error, a
@@ -7,6 +7,7 @@ Exceptions: :class:`ClassifierNotReady` (loading or failed to load), :class:`Ove
 
 from .batcher import DynamicBatcher, Overloaded
 from .engine import KNOWN_SOURCES, Classifier, ClassifierNotReady, ClassifierSettings, source_keys
+from .scorer import Scorer
 from .rules import CLIP_SOURCE, FrameResult, RuleError, Rules, Signal, parse_rules
 from .sources import ClipSettings, SourceLoadError
 
@@ -22,6 +23,7 @@ __all__ = [
     "Overloaded",
     "RuleError",
     "Rules",
+    "Scorer",
     "Signal",
     "SourceLoadError",
     "parse_rules",

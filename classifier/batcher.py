@@ -40,9 +40,9 @@ class DynamicBatcher(Generic[T, R]):
         fn: Callable[[list[T]], Sequence[R]],
         *,
         name: str,
-        max_batch: int = 32,
-        max_wait_ms: float = 5.0,
-        max_queue: int = 1024,
+        max_batch: int,
+        max_wait_ms: float,
+        max_queue: int,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         if max_batch < 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,14 +32,43 @@ class ClassifierNotReady(RuntimeError):
     """The classifier is loading, or failed to load; ``str()`` says which and why."""
 
 
+def _doc(default: Any, doc: str, check: Callable[[Any], str | None] | None = None,
+         parse: Callable[[Any, str, Any], Any] | None = None) -> Any:
+    """A settings field with the metadata the proxy's config walker reads (doc, check, parse)."""
+    return field(default=default, metadata={"doc": doc, "check": check, "parse": parse})
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else f"expected a positive number, got {value}"
+
+
+def _device(value: str) -> str | None:
+    return None if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) else f"expected auto, cpu, cuda or cuda:N, got {value!r}"
+
+
+def _pretrained(value: Any, path: str, ctx: Any) -> str | None:
+    if not isinstance(value, str):
+        raise ValueError(f"expected str, got {type(value).__name__} {value!r}")
+    return None if value in ("", "random") else value
+
+
 @dataclass(frozen=True)
 class ClassifierSettings:
-    clip: ClipSettings = field(default_factory=ClipSettings)
-    max_batch: int = 32
-    max_wait_ms: float = 5.0
-    max_queue: int = 1024
-    preprocess_workers: int = 2
-    detector_threads: int = 0
+    model: str = _doc("ViT-L-14", "an open_clip model name (ViT-L-14 is what the CSAM thresholds fit)")
+    pretrained: str | None = _doc("openai", "an open_clip tag (downloaded once), or a path to a weights file; "
+                                  "random: random weights (tests)", parse=_pretrained)
+    device: str = _doc("auto", "auto | cpu | cuda | cuda:N ; CUDA runs in bf16 (fp16 on older GPUs)", check=_device)
+    seed: int = _doc(0, "only for pretrained: random (tests)")
+    max_batch: int = _doc(32, "frames per model call at most", check=_positive)
+    max_wait_ms: float = _doc(5.0, "how long the first frame of a batch waits for company", check=lambda v: None if v >= 0 else "expected 0 or more")
+    max_queue: int = _doc(1024, "frames waiting per model; past it requests get on_error (overload)", check=_positive)
+    preprocess_workers: int = _doc(2, "threads preparing model inputs", check=_positive)
+    detector_threads: int = _doc(0, "onnxruntime threads per detector (0 = onnxruntime's choice)",
+                                 check=lambda v: None if v >= 0 else "expected 0 or more")
+
+    @property
+    def clip(self) -> ClipSettings:
+        return ClipSettings(model=self.model, pretrained=self.pretrained, device=self.device, seed=self.seed)
 
 
 def source_keys(name: str) -> frozenset[str] | None:
@@ -52,6 +82,8 @@ BatchHook = Callable[[str, int, float], None]
 
 
 class Classifier:
+    """The in-process :class:`classifier.scorer.Scorer`: loads the sources the policies read and batches them."""
+
     def __init__(
         self,
         settings: ClassifierSettings,
@@ -84,10 +116,13 @@ class Classifier:
         if self.reason:
             out["reason"] = self.reason
         out["sources"] = {name: src.describe() for name, src in self.sources.items()}
-        out["queue"] = {name: b.queue_depth for name, b in self.batchers.items()}
+        out["queue"] = self.queue_depths()
         if self.load_seconds is not None:
             out["load_seconds"] = round(self.load_seconds, 2)
         return out
+
+    def queue_depths(self) -> dict[str, int]:
+        return {name: b.queue_depth for name, b in self.batchers.items()}
 
     def _load_sources(self) -> dict[str, SignalSource]:
         loaded: dict[str, SignalSource] = {}

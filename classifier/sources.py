@@ -45,12 +45,14 @@ class SignalSource(ABC):
         return {"name": self.name}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ClipSettings:
-    model: str = "ViT-L-14"
-    pretrained: str | None = "openai"
+    """What the CLIP source needs of :class:`classifier.ClassifierSettings` (whose fields declare the defaults)."""
+
+    model: str
+    pretrained: str | None
     """An open_clip tag, a path to a weights file, or None for random weights (tests only)."""
-    device: str = "auto"
+    device: str
     seed: int = 0
 
 

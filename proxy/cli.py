@@ -9,7 +9,12 @@ import logging
 import sys
 from pathlib import Path
 
+from aiohttp import web
+
+from .app import build_services
 from .config import ConfigError, load_config
+from .egress import serve_egress
+from .server import build_app
 
 
 def _setup_logging(level: str) -> None:
@@ -20,10 +25,6 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from .server import build_app
-
     config = load_config(args.config)
     logging.getLogger(__name__).info(
         "serving %d instance(s) from %s on %s:%d", len(config.instances), config.source, config.server.host, config.server.port
@@ -33,8 +34,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_egress(args: argparse.Namespace) -> int:
-    from .egress import serve_egress
-
     config = load_config(args.config)
     try:
         asyncio.run(serve_egress(config))
@@ -60,20 +59,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 async def _scan(args: argparse.Namespace) -> int:
-    from .metrics import Metrics
-    from .pipeline import Pipeline
-    from .server import classifier_for
-
     config = load_config(args.config)
     instance = config.instance_named(args.instance) if args.instance else config.instances[0]
     if instance is None:
         raise ConfigError("", f"no instance named {args.instance!r}")
-    metrics = Metrics()
-    classifier = classifier_for(config, metrics)
-    pipeline = Pipeline(config, classifier, None, metrics)
-    await classifier.start()
+    services = build_services(config, persistent=False, fetch=False)
+    pipeline = services.pipeline
+    await services.start()
     try:
-        await classifier.wait_ready()
+        await services.scorer.wait_ready()
     except Exception as exc:  # the classifier's reason is the message
         print(f"warning: {exc}; files get the policy's on_error ({instance.policy.on_error})", file=sys.stderr)
     refused = 0
@@ -94,8 +88,7 @@ async def _scan(args: argparse.Namespace) -> int:
                 extra = f" ({verdict.detail})" if verdict.detail else ""
                 print(f"{name}: {verdict.action} labels={labels} by={verdict.decided_by}{extra}", flush=True)
     finally:
-        await classifier.close()
-        pipeline.close()
+        await services.close()
     return 1 if refused else 0
 
 

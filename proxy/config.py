@@ -1,8 +1,10 @@
 """Configuration: YAML in, typed and validated objects out.
 
-The whole config is built and checked before anything uses it; every error names its YAML path
-(``instances[1].policy``) and what was expected. ``${VAR}`` and ``${VAR:-default}`` in string values are
-replaced from the environment (for secrets); an unset ``${VAR}`` without default is an error.
+Each key is one dataclass field below, with its default and a one-line doc; :mod:`proxy.schema` walks the
+YAML into them, and every error names its YAML path (``instances[1].policy``) and what was expected.
+``${VAR}`` and ``${VAR:-default}`` in string values are replaced from the environment (for secrets); an
+unset ``${VAR}`` without default is an error. ``extends: other.yaml`` merges this file over another.
+The whole config is built and checked before anything uses it.
 """
 
 from __future__ import annotations
@@ -11,127 +13,317 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
-from classifier import ClassifierSettings, ClipSettings, RuleError, Rules, parse_rules, source_keys
+from classifier import ClassifierSettings, RuleError, Rules, parse_rules, source_keys
 
-from .hashlists import HashList, parse_hash
+from . import backends
+from .hashing import HashList, parse_hash
+from .schema import ConfigError, Context, build, non_negative, option, positive
+from .verdict import Action, Fallback, InboxAction, ProblemKind
 
-ACTIONS = ("accept", "reject", "strip", "drop", "quarantine")
-SEVERITY = {a: i for i, a in enumerate(("accept", "strip", "drop", "quarantine", "reject"))}
-INBOX_ACTIONS = ("reject", "drop", "strip", "pass")
-BACKEND_KINDS = ("lemmy", "pictrs", "mastodon", "misskey", "akkoma", "generic")
+__all__ = [
+    "Config", "ConfigError", "EgressConfig", "FetchConfig", "Instance", "Listen", "MediaLimits", "Policy",
+    "ServerConfig", "load_config", "parse_config",
+]
+
 ENV_DEFAULT = "FEDI_FILTER_CONFIG"
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-class ConfigError(ValueError):
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}" if path else message)
-        self.path = path
-        self.message = message
+
+@dataclass(frozen=True)
+class Listen:
+    """A ``host:port`` to listen on."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, value: Any, path: str = "", ctx: Context | None = None) -> Listen:
+        if not isinstance(value, str):
+            raise ValueError(f"expected 'host:port', got {value!r}")
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"expected 'host:port', got {value!r}")
+        return cls(host.strip("[]") or "0.0.0.0", int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _optional_listen(value: Any, path: str, ctx: Context) -> Listen | None:
+    return None if value == "" else Listen.parse(value)
+
+
+def _networks(value: Any, path: str, ctx: Context) -> tuple[Network, ...]:
+    if not isinstance(value, list):
+        raise ValueError("expected a list of CIDRs")
+    nets = []
+    for i, raw in enumerate(value):
+        try:
+            nets.append(ipaddress.ip_network(str(raw), strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"{path}[{i}]", str(exc)) from None
+    return tuple(nets)
+
+
+def _regexes(value: tuple[str, ...]) -> str | None:
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            return f"{pattern!r} is not a regular expression: {exc}"
+    return None
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    host: str = "0.0.0.0"
-    port: int = 8090
-    admin_token: str = ""
-    audit_db: str = "var/audit.sqlite3"
-    max_body_bytes: int = 41_943_040
-    cache_ttl_s: int = 86_400
-    cache_size: int = 100_000
-    known_pictrs_ids: tuple[str, ...] = ()
-    decode_workers: int = 2
+    listen: Listen = option(Listen("0.0.0.0", 8090), "host:port of `fedi-filter serve`", parse=Listen.parse)
+    admin_token: str = option("", "Bearer token for POST /api/v1/scan; empty disables it")
+    audit_db: str = option("var/audit.sqlite3", "SQLite file for one row per decision (no media bytes); \"\" disables")
+    max_body_bytes: int = option(41_943_040, "larger request bodies get 413 without being read (40 MiB)", check=positive)
+    cache_ttl_s: int = option(86_400, "how long a sha256 verdict is reused", check=positive)
+    cache_size: int = option(100_000, "verdicts kept in memory (warmed from audit_db at start)", check=positive)
+    known_pictrs_ids: tuple[str, ...] = option((), "pictrs-safety compatibility: ids allowed on /api/v1/scan/{id}; [] = any")
+    decode_workers: int = option(2, "threads that hash and decode media beside the event loop", check=positive)
+
+    @property
+    def host(self) -> str:
+        return self.listen.host
+
+    @property
+    def port(self) -> int:
+        return self.listen.port
 
 
 @dataclass(frozen=True)
 class FetchConfig:
-    allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    max_bytes: int = 41_943_040
-    timeout_ms: int = 5000
-    max_redirects: int = 3
-    max_urls: int = 16
-    """Media URLs judged per inbox delivery (the first ones found); the rest are left to downstream checks."""
+    allow_networks: tuple[Network, ...] = option((), "CIDRs exempt from the private-address (SSRF) ban, e.g. a LAN peer",
+                                                  parse=_networks)
+    max_bytes: int = option(41_943_040, "larger responses are refused (too_large)", check=positive)
+    timeout_ms: int = option(5000, "one fetch, redirects included", check=positive)
+    max_redirects: int = option(3, "redirects followed, each target checked again", check=non_negative)
+    max_urls: int = option(16, "media URLs judged per inbox delivery (the rest: judged downstream)", check=positive)
 
 
 @dataclass(frozen=True)
 class EgressConfig:
-    host: str = "0.0.0.0"
-    port: int = 8091
-    instance: str | None = None
-    """Whose policy judges the media the backend fetches (default: the first instance)."""
-    confdir: str = "var/mitmproxy"
-    """mitmproxy's directory: the interception CA (mitmproxy-ca-cert.pem) is created here."""
-    ignore_hosts: tuple[str, ...] = ()
-    max_bytes: int = 104_857_600
-    max_concurrent: int = 64
-    admin_host: str = "127.0.0.1"
-    admin_port: int | None = 8092
-    upstream_ca: str | None = None
-    """A CA bundle to verify upstream TLS with, instead of the system's (private CAs, tests)."""
+    listen: Listen = option(Listen("0.0.0.0", 8091), "host:port of the outbound proxy", parse=Listen.parse)
+    instance: str | None = option(None, "whose policy judges fetched media (default: the first instance)")
+    confdir: str = option("var/mitmproxy", "the interception CA (mitmproxy-ca-cert.pem) and ca-bundle.pem live here")
+    ignore_hosts: tuple[str, ...] = option((), "regexes of hosts passed through as plain tunnels, never judged",
+                                           check=_regexes)
+    max_bytes: int = option(104_857_600, "media responses are buffered up to this; larger ones are refused (502)",
+                            check=positive)
+    max_concurrent: int = option(64, "judgements at once; waiting longer than the policy's timeout_ms: on_error",
+                                 check=positive)
+    admin_listen: Listen | None = option(Listen("127.0.0.1", 8092), "/healthz and /metrics of the egress process; \"\" turns it off",
+                                         parse=_optional_listen)
+    upstream_ca: str | None = option(None, "a CA bundle to verify upstream TLS with instead of the system's")
+
+    @property
+    def host(self) -> str:
+        return self.listen.host
+
+    @property
+    def port(self) -> int:
+        return self.listen.port
 
 
 @dataclass(frozen=True)
 class MediaLimits:
-    max_bytes: int = 41_943_040
-    max_pixels: int = 50_000_000
-    max_frames: int = 8
-    """Frames sampled from an animation or video; the worst one decides."""
-    max_total_frames: int = 10_000
-    """An animation with more frames than this is refused as hostile."""
-    decode_timeout_ms: int = 3000
+    max_bytes: int = option(41_943_040, "media over this is invalid (too_large)", check=positive)
+    max_pixels: int = option(50_000_000, "width x height from the header; over it: too_many_pixels (bombs)", check=positive)
+    max_frames: int = option(8, "frames sampled from animations and videos; the worst decides", check=positive)
+    max_total_frames: int = option(10_000, "animations with more frames are refused (too_many_frames)", check=positive)
+    decode_timeout_ms: int = option(3000, "decoding budget; over it: timeout (invalid)", check=positive)
+
+
+def _hash_file(base: Path, name: str, path: str) -> list[tuple[str, str]]:
+    file = Path(name) if os.path.isabs(name) else base / name
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read hash list: {exc}") from None
+    entries = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            try:
+                entries.append(parse_hash(line.split()[0]))
+            except ValueError as exc:
+                raise ConfigError(path, f"{file}:{lineno}: {exc}") from None
+    return entries
+
+
+@dataclass(frozen=True)
+class HashListConfig:
+    hashes: tuple[str, ...] = option((), "kind:value entries (sha256:<hex>, md5:<hex>; bare hex is read as sha256/md5)")
+    files: tuple[str, ...] = option((), "files with one hash per line (# comments), relative to the config file")
+
+    @classmethod
+    def from_config(cls, values: dict[str, Any], path: str, ctx: Context) -> HashList:
+        entries = []
+        for i, raw in enumerate(values["hashes"]):
+            try:
+                entries.append(parse_hash(raw))
+            except ValueError as exc:
+                raise ConfigError(f"{path}.hashes[{i}]", str(exc)) from None
+        for i, name in enumerate(values["files"]):
+            entries += _hash_file(ctx.base, name, f"{path}.files[{i}]")
+        return HashList.of(entries, files=values["files"])
+
+
+def _hash_list(value: Any, path: str, ctx: Context) -> HashList:
+    return build(HashListConfig, value, path, ctx)  # type: ignore[return-value]
+
+
+def _reject_status(value: int) -> str | None:
+    return None if 400 <= value <= 599 else f"expected a 4xx or 5xx status, got {value}"
 
 
 @dataclass(frozen=True)
 class Policy:
-    name: str
-    rules: Rules
-    actions: Mapping[str, str]
-    inbox: str = "strip"
-    prefetch: bool = True
-    """Inboxes: judge media before forwarding (True) or forward at once and judge in the background."""
-    inbox_timeout_ms: int = 6000
-    """How long a delivery waits for its media verdicts before it is forwarded anyway (the rest are judged
-    in the background and denied downstream). Senders give up early: Lemmy after 9 s, backend included."""
-    on_error: str = "reject"
-    on_invalid: str = "reject"
-    on_unsupported: str = "reject"
-    """Files that are no image, video or audio we can decode (PDF, archives, SVG): not judged, so refused
-    by default; Misskey's drive takes any file, so config/misskey.yaml accepts them."""
-    timeout_ms: int = 8000
-    reject_status: int = 406
-    limits: MediaLimits = field(default_factory=MediaLimits)
-    allow: HashList = field(default_factory=HashList)
-    deny: HashList = field(default_factory=HashList)
-    quarantine_dir: str | None = None
+    concepts: Any = option(None, "named sets of signals (CLIP prompts, detector scores) with thresholds")
+    labels: Any = option(None, "label -> all/any conditions on concept hit counts")
+    adjustments: Any = option(None, "control words: when one signal is high, shift other scores")
+    actions: Mapping[str, Action] = option(factory=dict, doc="label -> action; the most severe wins; unlisted: accept")
+    inbox: InboxAction = option(InboxAction.STRIP, "what a flagged inbox delivery gets")
+    on_error: Fallback = option(Fallback.REJECT, "classifier down, overloaded, too slow (reject = fail closed)")
+    on_invalid: Fallback = option(Fallback.REJECT, "empty, corrupt, truncated, bombs, too slow to decode")
+    on_unsupported: Fallback = option(Fallback.REJECT, "files that are no image, video or audio (PDF, zip, SVG)")
+    prefetch: bool = option(True, "inboxes: judge media before forwarding (false: forward, judge after)")
+    inbox_timeout_ms: int = option(6000, "a delivery waits this long for verdicts, then is forwarded (Lemmy: 9 s)",
+                                   check=positive)
+    timeout_ms: int = option(8000, "budget for one verdict; must fit the backend's own timeout", check=positive)
+    reject_status: int = option(406, "HTTP status of a refusal on /api/v1/validate", check=_reject_status)
+    quarantine_dir: str | None = option(None, "where quarantined copies are kept (required by a quarantine action)")
+    limits: MediaLimits = option(factory=MediaLimits, doc="bounds on decoding untrusted media")
+    allow: HashList = option(factory=HashList, doc="exact hashes always accepted (fixed false positives)", parse=_hash_list)
+    deny: HashList = option(factory=HashList, doc="exact hashes always refused", parse=_hash_list)
+    name: str = option("", internal=True)
+    rules: Rules = option(factory=lambda: Rules((), ()), internal=True)
 
-    def action_for(self, labels: frozenset[str] | set[str]) -> str:
-        actions = [self.actions.get(label, "accept") for label in labels]
-        return max(actions, key=SEVERITY.__getitem__, default="accept")
+    @classmethod
+    def from_config(cls, values: dict[str, Any], path: str, ctx: Context) -> Policy:
+        try:
+            rules = parse_rules(values["concepts"], values["labels"], values["adjustments"], path=path)
+        except RuleError as exc:
+            raise ConfigError(exc.path, exc.message) from None
+        for source, key in rules.signals():
+            try:
+                keys = source_keys(source)
+            except KeyError:
+                raise ConfigError(f"{path}.concepts", f"unknown signal source {source!r} in '{source}.{key}'") from None
+            if keys is not None and key not in keys:
+                raise ConfigError(f"{path}.concepts", f"{source!r} has no score {key!r}; known: {sorted(keys)}")
+        label_names = {r.name for r in rules.labels}
+        for label in values["actions"]:
+            if label not in label_names:
+                raise ConfigError(f"{path}.actions.{label}", f"no label {label!r} in this policy; labels: {sorted(label_names)}")
+        if Action.QUARANTINE in values["actions"].values() and not values["quarantine_dir"]:
+            raise ConfigError(f"{path}.quarantine_dir", "a 'quarantine' action needs quarantine_dir (where copies are kept)")
+        return cls(**values, rules=rules)
+
+    def action_for(self, labels: frozenset[str] | set[str]) -> Action:
+        return Action.most_severe(self.actions.get(label, Action.ACCEPT) for label in labels)
+
+    def fallback(self, kind: ProblemKind) -> Action:
+        """The action when no judgement was possible for this reason: the one mapping of problems to the
+        policy's ``on_error`` / ``on_invalid`` / ``on_unsupported`` (a blocked URL is always refused)."""
+        key = kind.policy_key
+        if key is None:
+            return Action.REJECT
+        choice: Fallback = getattr(self, key)
+        return choice.action
 
 
-@dataclass(frozen=True)
+def _policies(value: Any, path: str, ctx: Context) -> dict[str, Policy]:
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(path, "expected at least one policy")
+    for name, raw in value.items():
+        ctx.policies[str(name)] = replace(build(Policy, raw, f"{path}.{name}", ctx), name=str(name))
+    return dict(ctx.policies)
+
+
+def _policy_ref(value: Any, path: str, ctx: Context) -> Policy:
+    if value not in ctx.policies:
+        raise ConfigError(path, f"{value!r} is not a policy; known: {sorted(ctx.policies)}")
+    policy: Policy = ctx.policies[value]
+    return policy
+
+
+def _kind(value: str) -> str | None:
+    return None if value in backends.KINDS else f"expected one of {sorted(backends.KINDS)}, got {value!r}"
+
+
+def _upstream(value: str) -> str | None:
+    return None if not value or re.match(r"^https?://[^/]+", value) else f"expected an http(s):// URL, got {value!r}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Instance:
-    name: str
-    kind: str
-    upstream: str
-    policy: Policy
-    hosts: tuple[str, ...] = ()
+    name: str = option(doc="a name for logs, metrics and ?instance=NAME")
+    policy: Policy = option(doc="the policy (by name) that judges this instance's media", parse=_policy_ref)
+    kind: str = option("generic", "lemmy | pictrs | mastodon | misskey | akkoma | generic", check=_kind)
+    hosts: tuple[str, ...] = option((), "Host headers reverse-proxied to upstream (empty: API only)")
+    upstream: str = option("", "the backend's URL (required with hosts)", check=_upstream)
+
+    @classmethod
+    def from_config(cls, values: dict[str, Any], path: str, ctx: Context) -> Instance:
+        if not values["name"]:
+            raise ConfigError(f"{path}.name", "required")
+        values["hosts"] = tuple(h.lower() for h in values["hosts"])
+        if values["hosts"] and not values["upstream"]:
+            raise ConfigError(f"{path}.upstream", "an instance with hosts is reverse-proxied and needs an upstream URL")
+        values["upstream"] = values["upstream"].rstrip("/")
+        return cls(**values)
+
+    @property
+    def backend(self) -> backends.BackendKind:
+        return backends.KINDS[self.kind]
 
 
-@dataclass(frozen=True)
+def _instances(value: Any, path: str, ctx: Context) -> tuple[Instance, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(path, "expected a non-empty list of instances")
+    out: list[Instance] = []
+    hosts: dict[str, str] = {}
+    for i, raw in enumerate(value):
+        inst = build(Instance, raw, f"{path}[{i}]", ctx)
+        if any(o.name == inst.name for o in out):
+            raise ConfigError(f"{path}[{i}].name", f"duplicate instance name {inst.name!r}")
+        for h in inst.hosts:
+            if h in hosts:
+                raise ConfigError(f"{path}[{i}].hosts", f"host {h!r} already belongs to instance {hosts[h]!r}")
+            hosts[h] = inst.name
+        out.append(inst)
+    return tuple(out)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
-    server: ServerConfig
-    classifier: ClassifierSettings
-    fetch: FetchConfig
-    policies: Mapping[str, Policy]
-    instances: tuple[Instance, ...]
-    egress: EgressConfig = field(default_factory=EgressConfig)
-    source: str = "<memory>"
+    server: ServerConfig = option(factory=ServerConfig, doc="the serve process")
+    classifier: ClassifierSettings = option(factory=ClassifierSettings, doc="models, batching")
+    fetch: FetchConfig = option(factory=FetchConfig, doc="every fetch the proxy itself makes")
+    policies: Mapping[str, Policy] = option(doc="name -> policy", parse=_policies)
+    instances: tuple[Instance, ...] = option(doc="chosen by Host header (or ?instance=NAME); the first is the default",
+                                             parse=_instances)
+    egress: EgressConfig = option(factory=EgressConfig, doc="`fedi-filter egress`: the backend's outbound proxy")
+    source: str = option("<memory>", internal=True)
+
+    @classmethod
+    def from_config(cls, values: dict[str, Any], path: str, ctx: Context) -> Config:
+        egress: EgressConfig = values["egress"]
+        names = [i.name for i in values["instances"]]
+        if egress.instance is not None and egress.instance not in names:
+            raise ConfigError("egress.instance", f"{egress.instance!r} is not an instance; known: {names}")
+        return cls(**values)
 
     def instance_named(self, name: str) -> Instance | None:
         return next((i for i in self.instances if i.name == name), None)
@@ -146,10 +338,9 @@ class Config:
         return None
 
 
-# --- generic helpers -------------------------------------------------------------------------------
+# --- reading files ---------------------------------------------------------------------------------
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-T = TypeVar("T")
 
 
 def _expand_env(value: Any, path: str) -> Any:
@@ -170,307 +361,9 @@ def _expand_env(value: Any, path: str) -> Any:
     return value
 
 
-class _Section:
-    """A mapping at a YAML path; every read checks type, and unknown keys are refused."""
-
-    def __init__(self, raw: Any, path: str) -> None:
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise ConfigError(path, f"expected a mapping, got {type(raw).__name__}")
-        self.raw = raw
-        self.path = path
-        self._read: set[str] = set()
-
-    def sub(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def get(self, key: str, kind: type[T] | tuple[type, ...], default: Any) -> Any:
-        self._read.add(key)
-        if key not in self.raw or self.raw[key] is None:
-            return default
-        value = self.raw[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            names = " or ".join(k.__name__ for k in kinds)
-            raise ConfigError(self.sub(key), f"expected {names}, got {type(value).__name__} {value!r}")
-        return value
-
-    def positive(self, key: str, default: int) -> int:
-        value = self.get(key, int, default)
-        if value <= 0:
-            raise ConfigError(self.sub(key), f"expected a positive integer, got {value}")
-        return int(value)
-
-    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.get(key, str, default)
-        if value not in choices:
-            raise ConfigError(self.sub(key), f"expected one of {list(choices)}, got {value!r}")
-        return str(value)
-
-    def section(self, key: str) -> _Section:
-        self._read.add(key)
-        return _Section(self.raw.get(key), self.sub(key))
-
-    def raw_value(self, key: str) -> Any:
-        self._read.add(key)
-        return self.raw.get(key)
-
-    def done(self) -> None:
-        for key in self.raw:
-            if key not in self._read:
-                raise ConfigError(self.sub(str(key)), f"unknown key; expected one of {sorted(self._read)}")
-
-
-def _str_list(value: Any, path: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(path, "expected a list of strings")
-    return tuple(value)
-
-
-def parse_listen(value: str, path: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(path, f"expected 'host:port', got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-# --- sections --------------------------------------------------------------------------------------
-
-
-def _server(s: _Section) -> ServerConfig:
-    host, port = parse_listen(s.get("listen", str, "0.0.0.0:8090"), s.sub("listen"))
-    cfg = ServerConfig(
-        host=host,
-        port=port,
-        admin_token=s.get("admin_token", str, ""),
-        audit_db=s.get("audit_db", str, "var/audit.sqlite3"),
-        max_body_bytes=s.positive("max_body_bytes", ServerConfig.max_body_bytes),
-        cache_ttl_s=s.positive("cache_ttl_s", ServerConfig.cache_ttl_s),
-        cache_size=s.positive("cache_size", ServerConfig.cache_size),
-        known_pictrs_ids=_str_list(s.raw_value("known_pictrs_ids"), s.sub("known_pictrs_ids")),
-        decode_workers=s.positive("decode_workers", ServerConfig.decode_workers),
-    )
-    s.done()
-    return cfg
-
-
-def _classifier(s: _Section) -> ClassifierSettings:
-    device = s.get("device", str, "auto")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise ConfigError(s.sub("device"), f"expected auto, cpu, cuda or cuda:N, got {device!r}")
-    pretrained = s.get("pretrained", str, "openai")
-    cfg = ClassifierSettings(
-        clip=ClipSettings(
-            model=s.get("model", str, "ViT-L-14"),
-            pretrained=None if pretrained in ("", "random") else pretrained,
-            device=device,
-            seed=s.get("seed", int, 0),
-        ),
-        max_batch=s.positive("max_batch", 32),
-        max_wait_ms=s.get("max_wait_ms", (int, float), 5.0),
-        max_queue=s.positive("max_queue", 1024),
-        preprocess_workers=s.positive("preprocess_workers", 2),
-        detector_threads=s.get("detector_threads", int, 0),
-    )
-    s.done()
-    return cfg
-
-
-def _fetch(s: _Section) -> FetchConfig:
-    nets = []
-    for i, raw in enumerate(_str_list(s.raw_value("allow_networks"), s.sub("allow_networks"))):
-        try:
-            nets.append(ipaddress.ip_network(raw, strict=False))
-        except ValueError as exc:
-            raise ConfigError(f"{s.sub('allow_networks')}[{i}]", str(exc)) from None
-    cfg = FetchConfig(
-        allow_networks=tuple(nets),
-        max_bytes=s.positive("max_bytes", FetchConfig.max_bytes),
-        timeout_ms=s.positive("timeout_ms", FetchConfig.timeout_ms),
-        max_redirects=s.get("max_redirects", int, FetchConfig.max_redirects),
-        max_urls=s.positive("max_urls", FetchConfig.max_urls),
-    )
-    s.done()
-    return cfg
-
-
-def _egress(s: _Section) -> EgressConfig:
-    d = EgressConfig()
-    host, port = parse_listen(s.get("listen", str, f"{d.host}:{d.port}"), s.sub("listen"))
-    admin = s.get("admin_listen", str, f"{d.admin_host}:{d.admin_port}")
-    admin_host, admin_port = parse_listen(admin, s.sub("admin_listen")) if admin else (d.admin_host, None)
-    patterns = _str_list(s.raw_value("ignore_hosts"), s.sub("ignore_hosts"))
-    for i, pattern in enumerate(patterns):
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ConfigError(f"{s.sub('ignore_hosts')}[{i}]", f"not a regular expression: {exc}") from None
-    cfg = EgressConfig(
-        host=host,
-        port=port,
-        instance=s.get("instance", str, None),
-        confdir=s.get("confdir", str, d.confdir),
-        ignore_hosts=patterns,
-        max_bytes=s.positive("max_bytes", d.max_bytes),
-        max_concurrent=s.positive("max_concurrent", d.max_concurrent),
-        admin_host=admin_host,
-        admin_port=admin_port,
-        upstream_ca=s.get("upstream_ca", str, None),
-    )
-    s.done()
-    return cfg
-
-
-def _limits(s: _Section) -> MediaLimits:
-    d = MediaLimits()
-    cfg = MediaLimits(
-        max_bytes=s.positive("max_bytes", d.max_bytes),
-        max_pixels=s.positive("max_pixels", d.max_pixels),
-        max_frames=s.positive("max_frames", d.max_frames),
-        max_total_frames=s.positive("max_total_frames", d.max_total_frames),
-        decode_timeout_ms=s.positive("decode_timeout_ms", d.decode_timeout_ms),
-    )
-    s.done()
-    return cfg
-
-
-def _hashlist(s: _Section, base: Path) -> HashList:
-    entries: list[tuple[str, str]] = []
-    for i, raw in enumerate(_str_list(s.raw_value("hashes"), s.sub("hashes"))):
-        try:
-            entries.append(parse_hash(raw))
-        except ValueError as exc:
-            raise ConfigError(f"{s.sub('hashes')}[{i}]", str(exc)) from None
-    files = _str_list(s.raw_value("files"), s.sub("files"))
-    for i, name in enumerate(files):
-        path = (base / name) if not os.path.isabs(name) else Path(name)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"{s.sub('files')}[{i}]", f"cannot read hash list: {exc}") from None
-        for lineno, line in enumerate(text.splitlines(), 1):
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            try:
-                entries.append(parse_hash(line.split()[0]))
-            except ValueError as exc:
-                raise ConfigError(f"{s.sub('files')}[{i}]", f"{path}:{lineno}: {exc}") from None
-    s.done()
-    return HashList.of(entries, files=tuple(str(f) for f in files))
-
-
-def _policy(name: str, s: _Section, base: Path) -> Policy:
-    try:
-        rules = parse_rules(
-            s.raw_value("concepts"), s.raw_value("labels"), s.raw_value("adjustments"), path=s.path
-        )
-    except RuleError as exc:
-        raise ConfigError(exc.path, exc.message) from None
-    for source, key in rules.signals():
-        try:
-            keys = source_keys(source)
-        except KeyError:
-            raise ConfigError(s.sub("concepts"), f"unknown signal source {source!r} in '{source}.{key}'") from None
-        if keys is not None and key not in keys:
-            raise ConfigError(s.sub("concepts"), f"{source!r} has no score {key!r}; known: {sorted(keys)}")
-    actions_s = s.section("actions")
-    actions: dict[str, str] = {}
-    label_names = {r.name for r in rules.labels}
-    for label in actions_s.raw:
-        if label not in label_names:
-            raise ConfigError(actions_s.sub(str(label)), f"no label {label!r} in this policy; labels: {sorted(label_names)}")
-        actions[str(label)] = actions_s.choice(str(label), ACTIONS, "accept")
-    actions_s.done()
-    reject_status = s.get("reject_status", int, 406)
-    if not 400 <= reject_status <= 599:
-        raise ConfigError(s.sub("reject_status"), f"expected a 4xx or 5xx status, got {reject_status}")
-    quarantine_dir = s.get("quarantine_dir", str, None)
-    policy = Policy(
-        name=name,
-        rules=rules,
-        actions=actions,
-        inbox=s.choice("inbox", INBOX_ACTIONS, "strip"),
-        prefetch=s.get("prefetch", bool, True),
-        inbox_timeout_ms=s.positive("inbox_timeout_ms", 6000),
-        on_error=s.choice("on_error", ("reject", "accept"), "reject"),
-        on_invalid=s.choice("on_invalid", ("reject", "accept"), "reject"),
-        on_unsupported=s.choice("on_unsupported", ("reject", "accept"), "reject"),
-        timeout_ms=s.positive("timeout_ms", 8000),
-        reject_status=reject_status,
-        limits=_limits(s.section("limits")),
-        allow=_hashlist(s.section("allow"), base),
-        deny=_hashlist(s.section("deny"), base),
-        quarantine_dir=quarantine_dir,
-    )
-    if "quarantine" in actions.values() and not quarantine_dir:
-        raise ConfigError(s.sub("quarantine_dir"), "a 'quarantine' action needs quarantine_dir (where copies are kept)")
-    s.done()
-    return policy
-
-
-def _instances(raw: Any, policies: Mapping[str, Policy]) -> tuple[Instance, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise ConfigError("instances", "expected a non-empty list of instances")
-    out: list[Instance] = []
-    seen_names: set[str] = set()
-    seen_hosts: dict[str, str] = {}
-    for i, item in enumerate(raw):
-        s = _Section(item, f"instances[{i}]")
-        name = s.get("name", str, None)
-        if not name:
-            raise ConfigError(s.sub("name"), "required")
-        if name in seen_names:
-            raise ConfigError(s.sub("name"), f"duplicate instance name {name!r}")
-        seen_names.add(name)
-        policy_name = s.get("policy", str, None)
-        if policy_name not in policies:
-            raise ConfigError(s.sub("policy"), f"{policy_name!r} is not a policy; known: {sorted(policies)}")
-        upstream = s.get("upstream", str, "")
-        if upstream and not re.match(r"^https?://[^/]+", upstream):
-            raise ConfigError(s.sub("upstream"), f"expected an http(s):// URL, got {upstream!r}")
-        hosts = tuple(h.lower() for h in _str_list(s.raw_value("hosts"), s.sub("hosts")))
-        if hosts and not upstream:
-            raise ConfigError(s.sub("upstream"), "an instance with hosts is reverse-proxied and needs an upstream URL")
-        for h in hosts:
-            if h in seen_hosts:
-                raise ConfigError(s.sub("hosts"), f"host {h!r} already belongs to instance {seen_hosts[h]!r}")
-            seen_hosts[h] = name
-        out.append(
-            Instance(
-                name=name,
-                kind=s.choice("kind", BACKEND_KINDS, "generic"),
-                upstream=upstream.rstrip("/"),
-                policy=policies[policy_name],
-                hosts=hosts,
-            )
-        )
-        s.done()
-    return tuple(out)
-
-
 def parse_config(raw: Any, *, base: Path = Path("."), source: str = "<memory>") -> Config:
-    raw = _expand_env(raw, "")
-    top = _Section(raw, "")
-    server = _server(top.section("server"))
-    classifier = _classifier(top.section("classifier"))
-    fetch = _fetch(top.section("fetch"))
-    pol_s = top.section("policies")
-    if not pol_s.raw:
-        raise ConfigError("policies", "expected at least one policy")
-    policies = {str(n): _policy(str(n), pol_s.section(str(n)), base) for n in pol_s.raw}
-    pol_s.done()
-    instances = _instances(top.raw_value("instances"), policies)
-    egress = _egress(top.section("egress"))
-    if egress.instance is not None and egress.instance not in {i.name for i in instances}:
-        raise ConfigError("egress.instance", f"{egress.instance!r} is not an instance; known: {[i.name for i in instances]}")
-    top.done()
-    return Config(server, classifier, fetch, policies, instances, egress, source)
+    config = build(Config, _expand_env(raw, ""), "", Context(base=base))
+    return replace(config, source=source)
 
 
 def _read_yaml(p: Path, seen: tuple[Path, ...] = ()) -> Any:
@@ -510,3 +403,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             raise ConfigError("", f"no config file: pass --config FILE or set {ENV_DEFAULT}")
     p = Path(path)
     return parse_config(_read_yaml(p), base=p.parent, source=str(p))
+
+
+def reference_fields() -> dict[str, type]:
+    """The sections of the config and the dataclass that declares each (for docs and the reference test)."""
+    return {"server": ServerConfig, "classifier": ClassifierSettings, "fetch": FetchConfig, "egress": EgressConfig,
+            "policies.*": Policy, "policies.*.limits": MediaLimits, "policies.*.allow": HashListConfig,
+            "policies.*.deny": HashListConfig, "instances[]": Instance}
+

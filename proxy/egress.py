@@ -22,6 +22,7 @@ import logging
 import re
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,13 @@ from mitmproxy import http
 from mitmproxy.options import Options
 from mitmproxy.tools.dump import DumpMaster
 
-from .audit import AuditStore
+from .app import SERVICES, add_health_routes, build_services
 from .config import Config, ConfigError, EgressConfig, Instance
 from .fetch import BlockedAddress, GuardedResolver
 from .media import sniff
 from .metrics import Metrics
-from .pipeline import Pipeline, Verdict
+from .pipeline import Pipeline
+from .verdict import ErrorKind, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -160,27 +162,22 @@ class EgressAddon:
             return
         reason = f"{verdict.action}: {verdict.reason}"
         self.metrics.egress.labels("refused").inc()
-        if verdict.decided_by in ("model", "cache", "denylist"):
+        if verdict.denies_url:
             self.pipeline.deny_url(url, verdict, reason)
         self._refuse(flow, 403, reason)
 
     async def _judge(self, body: bytes, url: str) -> Verdict:
         policy = self.instance.policy
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(policy.timeout_ms / 1000):
                 await self.slots.acquire()
         except TimeoutError:
             self.metrics.overload.labels("egress").inc()
-            action = "accept" if policy.on_error == "accept" else "reject"
-            if action == "accept":
-                self.metrics.fail_open.labels(policy.name, "egress_overloaded").inc()
-            log.warning("egress: no judgement slot for %s within %d ms (all %d busy): on_error=%s", url,
-                        policy.timeout_ms, self.settings.max_concurrent, action)
-            verdict = Verdict(sha256="", action=action, labels=(), scores={}, source="egress", instance=self.instance.name,
-                              latency_ms=float(policy.timeout_ms), decided_by="error", detail="egress overloaded",
-                              error_kind="overloaded", policy=policy.name)
-            self.pipeline.record(verdict, policy, url)
-            return verdict
+            log.warning("egress: no judgement slot for %s within %d ms (all %d busy)", url, policy.timeout_ms,
+                        self.settings.max_concurrent)
+            return self.pipeline.no_verdict(self.instance, "egress", ErrorKind.OVERLOADED, "egress overloaded", url=url,
+                                            started=started)
         try:
             return await self.pipeline.judge(body, self.instance, "egress", url=url)
         finally:
@@ -227,44 +224,36 @@ class Egress:
     admin server (/healthz, /metrics) on ``egress.admin_listen``."""
 
     def __init__(self, config: Config) -> None:
-        from .server import classifier_for
-
         self.config = config
         self.settings = config.egress
         instance = config.instance_named(self.settings.instance) if self.settings.instance else config.instances[0]
         if instance is None:  # parse_config checks this; kept for configs built by hand
             raise ConfigError("egress.instance", f"no instance named {self.settings.instance!r}")
         self.instance: Instance = instance
-        self.metrics = Metrics()
-        self.classifier = classifier_for(config, self.metrics)
-        self.audit = AuditStore(config.server.audit_db, on_drop=self.metrics.audit_dropped.inc) if config.server.audit_db else None
-        self.pipeline = Pipeline(config, self.classifier, self.audit, self.metrics)
+        self.services = build_services(config, fetch=False)
+        self.metrics = self.services.metrics
+        self.pipeline = self.services.pipeline
         self.master: DumpMaster | None = None
         self.addon: EgressAddon | None = None
         self._admin: web.AppRunner | None = None
 
     async def start(self) -> None:
-        if self.audit is not None:
-            await self.audit.open()
-        await self.classifier.start()
+        await self.services.start()
         self.master = DumpMaster(Options(), with_termlog=False, with_dumper=False)
         self.master.options.update(**mitm_options(self.settings))  # creates the CA in confdir on first start
         write_ca_bundle(Path(self.settings.confdir))
         self.addon = EgressAddon(self.pipeline, self.instance, self.settings, self.metrics, self.config.fetch.allow_networks)
         self.master.addons.add(self.addon)
-        if self.settings.admin_port is not None:
-            await self._start_admin()
+        if self.settings.admin_listen is not None:
+            await self._start_admin(self.settings.admin_listen.host, self.settings.admin_listen.port)
 
-    async def _start_admin(self) -> None:
-        from .server import CLASSIFIER, CONFIG, METRICS, healthz, metrics
-
+    async def _start_admin(self, host: str, port: int) -> None:
         app = web.Application()
-        app[CONFIG], app[METRICS], app[CLASSIFIER] = self.config, self.metrics, self.classifier
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/metrics", metrics)
+        app[SERVICES] = self.services
+        add_health_routes(app)
         self._admin = web.AppRunner(app, access_log=None)
         await self._admin.setup()
-        await web.TCPSite(self._admin, self.settings.admin_host, self.settings.admin_port).start()
+        await web.TCPSite(self._admin, host, port).start()
 
     def listen_addrs(self) -> list[tuple[str, int]]:
         assert self.master is not None
@@ -282,10 +271,7 @@ class Egress:
     async def close(self) -> None:
         if self._admin is not None:
             await self._admin.cleanup()
-        await self.classifier.close()
-        self.pipeline.close()
-        if self.audit is not None:
-            await self.audit.close()
+        await self.services.close()
 
 
 async def serve_egress(config: Config) -> None:

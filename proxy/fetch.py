@@ -25,6 +25,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
 from .config import FetchConfig
+from .verdict import FetchErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,11 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class FetchError(Exception):
-    """A fetch that did not give us the bytes. ``kind``: blocked, bad_url, too_large, timeout, http,
-    network, redirects."""
+    """A fetch that did not give us the bytes; ``kind`` says why (:class:`FetchErrorKind`)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
-        self.kind = kind
+        self.kind = FetchErrorKind(kind)
 
 
 class BlockedAddress(Exception):
@@ -61,9 +61,11 @@ class GuardedResolver(AbstractResolver):
 
     def __init__(self, allow: tuple[Network, ...], inner: AbstractResolver | None = None) -> None:
         self._allow = allow
-        self._inner = inner or ThreadedResolver()
+        self._inner = inner
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        if self._inner is None:  # made on first use: aiohttp's resolvers bind the running loop
+            self._inner = ThreadedResolver()
         results = await self._inner.resolve(host, port, family)
         for r in results:
             ip = ipaddress.ip_address(r["host"].split("%", 1)[0])
@@ -72,7 +74,8 @@ class GuardedResolver(AbstractResolver):
         return results
 
     async def close(self) -> None:
-        await self._inner.close()
+        if self._inner is not None:
+            await self._inner.close()
 
 
 @dataclass(frozen=True)

@@ -15,25 +15,22 @@ from typing import Any
 
 from aiohttp import web
 
-from . import backends
 from .activity import media_urls
-from .backends import Route
+from .backends import Interception, Route
 from .config import Config, Instance
 from .metrics import Metrics
 from .multipart import MultipartError, parse
 from .passthrough import Forwarder
-from .pipeline import Pipeline, Verdict
+from .pipeline import Pipeline
+from .verdict import Action, InboxAction, Verdict
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = frozenset({"not_ready", "overloaded", "timeout"})
 RETRY_AFTER_S = 5
 JSON_INLINE_BYTES = 256 * 1024
 MAX_INGEST_JSON = 64 * 1024
 ROUTE_LABEL = web.RequestKey("ffp_route", str)
 """The metrics label of a reverse-proxied request: passthrough | upload | ingest | inbox."""
-FLAGGING = frozenset({"model", "cache", "denylist", "denied_url"})
-"""Verdicts that say the media itself is unwanted (not: could not be fetched, is no media)."""
 
 
 class BodyTooLarge(Exception):
@@ -56,14 +53,10 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def is_retryable(verdict: Verdict) -> bool:
-    return verdict.decided_by == "error" and verdict.error_kind in RETRYABLE and not verdict.accepted
-
-
-def unavailable(kind: str, verdict: Verdict) -> web.Response:
+def unavailable(instance: Instance, verdict: Verdict) -> web.Response:
     """No verdict in time and the policy fails closed: a 503 the client may retry."""
-    return backends.refusal(kind, f"media could not be checked, try again later ({verdict.reason})", status=503,
-                            code="media-unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
+    return instance.backend.refusal(f"media could not be checked, try again later ({verdict.reason})", status=503,
+                                    code="media-unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 @dataclass
@@ -99,7 +92,7 @@ Interceptor = Callable[[Context, web.Request, Instance, Route], Awaitable[web.St
 
 async def upload(ctx: Context, request: web.Request, instance: Instance, route: Route) -> web.StreamResponse:
     """Multipart uploads: judge every media part; forward the original bytes, refuse, or strip parts."""
-    kind = instance.kind
+    backend = instance.backend
     if not request.content_type.startswith("multipart/"):
         # JSON or urlencoded (a profile edit, an alt-text change) carries no file: nothing to judge
         return await ctx.forwarder.forward(request, instance)
@@ -107,14 +100,14 @@ async def upload(ctx: Context, request: web.Request, instance: Instance, route: 
         body = await read_body(request, ctx.config.server.max_body_bytes)
     except BodyTooLarge as exc:
         ctx.metrics.uploads.labels(instance.name, "too_large").inc()
-        return backends.refusal(kind, str(exc), status=413, code="too-large")
+        return backend.refusal(str(exc), status=413, code="too-large")
     try:
         form = parse(body, request.headers.get("Content-Type"))
     except MultipartError as exc:
         # a body we cannot parse is never forwarded: the backend's parser might read media out of it
         log.warning("upload to %s %s refused: malformed multipart (%s)", instance.name, request.path, exc)
         ctx.metrics.uploads.labels(instance.name, "malformed").inc()
-        return backends.refusal(kind, f"malformed upload: {exc}", status=400, code="malformed-upload")
+        return backend.refusal(f"malformed upload: {exc}", status=400, code="malformed-upload")
     media = [i for i, p in enumerate(form.parts) if p.name in route.fields or p.filename is not None]
     verdicts = await asyncio.gather(
         *(ctx.pipeline.judge(form.parts[i].content(body), instance, "upload") for i in media)
@@ -123,17 +116,18 @@ async def upload(ctx: Context, request: web.Request, instance: Instance, route: 
     if not refused:
         ctx.metrics.uploads.labels(instance.name, "forwarded").inc()
         return await ctx.forwarder.forward(request, instance, body=body)
-    if any(is_retryable(v) for v in refused.values()):
+    retryable = [v for v in refused.values() if v.retryable]
+    if retryable:
         ctx.metrics.uploads.labels(instance.name, "unavailable").inc()
-        return unavailable(kind, next(v for v in refused.values() if is_retryable(v)))
+        return unavailable(instance, retryable[0])
     kept = len(media) - len(refused)
-    if route.multi and kept and all(v.action == "strip" for v in refused.values()):
+    if route.multi and kept and all(v.action is Action.STRIP for v in refused.values()):
         ctx.metrics.uploads.labels(instance.name, "stripped").inc()
         log.info("upload to %s: stripped %d of %d files", instance.name, len(refused), len(media))
         return await ctx.forwarder.forward(request, instance, body=form.without(set(refused)))
     ctx.metrics.uploads.labels(instance.name, "refused").inc()
     reasons = sorted({v.reason for v in refused.values()})
-    return backends.refusal(kind, f"media refused: {'; '.join(reasons)}")
+    return backend.refusal(f"media refused: {'; '.join(reasons)}")
 
 
 async def ingest(ctx: Context, request: web.Request, instance: Instance, route: Route) -> web.StreamResponse:
@@ -148,7 +142,7 @@ async def ingest(ctx: Context, request: web.Request, instance: Instance, route: 
             value = json.loads(body).get(route.url_json_key)
             url = value if isinstance(value, str) else None
         except BodyTooLarge as exc:
-            return backends.refusal(instance.kind, str(exc), status=413, code="too-large")
+            return instance.backend.refusal(str(exc), status=413, code="too-large")
         except (ValueError, AttributeError):
             url = None  # not our business: the backend answers malformed requests itself
     if not url:
@@ -156,9 +150,9 @@ async def ingest(ctx: Context, request: web.Request, instance: Instance, route: 
     verdict = await ctx.pipeline.judge_url(url, instance, "ingest")
     if verdict.accepted:
         return await ctx.forwarder.forward(request, instance, body=body)
-    if is_retryable(verdict):
-        return unavailable(instance.kind, verdict)
-    return backends.refusal(instance.kind, f"media refused: {verdict.reason}")
+    if verdict.retryable:
+        return unavailable(instance, verdict)
+    return instance.backend.refusal(f"media refused: {verdict.reason}")
 
 
 async def _judge_all(ctx: Context, urls: list[str], instance: Instance) -> list[Verdict]:
@@ -188,7 +182,7 @@ async def inbox(ctx: Context, request: web.Request, instance: Instance, route: R
     if not urls:
         m.inbox.labels(instance.name, "no_media").inc()
         return await ctx.forwarder.forward(request, instance, body=body)
-    if not policy.prefetch or policy.inbox == "pass":
+    if not policy.prefetch or policy.inbox is InboxAction.PASS:
         ctx.spawn(_judge_all(ctx, urls, instance))
         m.inbox.labels(instance.name, "forwarded_unjudged").inc()
         return await ctx.forwarder.forward(request, instance, body=body)
@@ -197,7 +191,7 @@ async def inbox(ctx: Context, request: web.Request, instance: Instance, route: R
     done, pending = await asyncio.wait(tasks, timeout=policy.inbox_timeout_ms / 1000)
     for task in pending:  # judged in the background; refused URLs are denied downstream when done
         ctx.spawn(_await(task))
-    flagged = [t.result() for t in done if not t.result().accepted and t.result().decided_by in FLAGGING]
+    flagged = [t.result() for t in done if t.result().flags_media]
     if pending:
         log.info("inbox delivery to %s: %d of %d media still being judged after %d ms; forwarded",
                  instance.name, len(pending), len(urls), policy.inbox_timeout_ms)
@@ -207,9 +201,9 @@ async def inbox(ctx: Context, request: web.Request, instance: Instance, route: R
     reasons = sorted({v.reason for v in flagged})
     log.warning("inbox delivery to %s carries refused media (%s): %s", instance.name, "; ".join(reasons), policy.inbox)
     m.inbox.labels(instance.name, policy.inbox).inc()
-    if policy.inbox == "reject":
+    if policy.inbox is InboxAction.REJECT:
         return web.json_response({"error": f"delivery refused: media refused ({'; '.join(reasons)})"}, status=403)
-    if policy.inbox == "drop":
+    if policy.inbox is InboxAction.DROP:
         return web.json_response({"status": "accepted"}, status=202)
     return await ctx.forwarder.forward(request, instance, body=body)  # strip: the URLs are denied downstream
 
@@ -218,14 +212,15 @@ async def _await(task: asyncio.Future[Any]) -> Any:
     return await task
 
 
-INTERCEPTORS: dict[str, Interceptor] = {"upload": upload, "ingest": ingest, "inbox": inbox}
+INTERCEPTORS: dict[Interception, Interceptor] = {Interception.UPLOAD: upload, Interception.INGEST: ingest,
+                                                Interception.INBOX: inbox}
 
 
 async def handle(ctx: Context, request: web.Request, instance: Instance) -> web.StreamResponse:
     """Everything a reverse-proxied instance receives: intercepted per its route table, else streamed."""
-    route = backends.match(instance.kind, request.method, request.path)
+    route = instance.backend.match(request.method, request.path)
     if route is None:
         request[ROUTE_LABEL] = "passthrough"
         return await ctx.forwarder.forward(request, instance)
-    request[ROUTE_LABEL] = route.interceptor
-    return await INTERCEPTORS[route.interceptor](ctx, request, instance, route)
+    request[ROUTE_LABEL] = route.interception
+    return await INTERCEPTORS[route.interception](ctx, request, instance, route)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .config import MediaLimits
+from .verdict import InvalidKind
 
 # Our per-policy pixel limit, checked from the header before decoding, replaces Pillow's global
 # decompression-bomb check (whose warning would be the only signal below 2x its limit).
@@ -26,14 +27,11 @@ FRAME_MAX_SIDE = 1024
 
 
 class MediaError(Exception):
-    """Media we refuse to judge. ``kind`` is one of KINDS; the message is safe to show to a client."""
-
-    KINDS = ("empty", "too_large", "unsupported", "corrupt", "too_many_pixels", "too_many_frames", "timeout")
+    """Media we refuse to judge: ``kind`` says why (:class:`InvalidKind`); the message is safe to show to a client."""
 
     def __init__(self, kind: str, message: str) -> None:
-        assert kind in self.KINDS, kind
         super().__init__(message)
-        self.kind = kind
+        self.kind = InvalidKind(kind)
 
 
 _IMAGE_MAGIC: tuple[tuple[bytes, int, str], ...] = (

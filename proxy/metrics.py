@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -38,7 +42,6 @@ class Metrics:
         self.batch_seconds = Histogram(
             "ffp_classifier_batch_seconds", "Seconds per model call", ["model"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge("ffp_classifier_queue_depth", "Frames waiting for a model", ["model"], registry=r)
         self.classifier_ready = Gauge("ffp_classifier_ready", "1 when the classifier is loaded", registry=r)
         self.fetch_errors = Counter("ffp_fetch_errors", "Fetches the proxy made that failed (blocked = SSRF refused)", ["kind"], registry=r)
         self.inbox = Counter("ffp_inbox_deliveries", "Inbox deliveries by outcome", ["instance", "outcome"], registry=r)
@@ -47,9 +50,24 @@ class Metrics:
         self.egress = Counter("ffp_egress_responses", "Egress proxy outcomes", ["outcome"], registry=r)
         self.audit_dropped = Counter("ffp_audit_dropped", "Audit records dropped (writer queue full)", registry=r)
 
+    def watch_queues(self, depths: Callable[[], Mapping[str, int]]) -> None:
+        """Report the scorer's queue depths (read at each scrape)."""
+        self.registry.register(_QueueDepths(depths))
+
     def on_batch(self, model: str, size: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(size)
         self.batch_seconds.labels(model).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _QueueDepths(Collector):
+    def __init__(self, depths: Callable[[], Mapping[str, int]]) -> None:
+        self._depths = depths
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("ffp_classifier_queue_depth", "Frames waiting for a model", labels=["model"])
+        for name, depth in sorted(self._depths().items()):
+            family.add_metric([name], float(depth))
+        yield family

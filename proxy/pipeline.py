@@ -1,32 +1,36 @@
 """The one verdict pipeline every interception point calls.
 
-identify (sha256, cache) -> lists (deny, allow) -> decode (bounded) -> classify (batched) -> decide
-(policy) -> record (audit, metrics). Nothing is waved through silently: media that cannot be judged gets
-the policy's ``on_invalid`` (hostile or undecodable bytes) or ``on_error`` (our failure: classifier not
-ready, overload, timeout), and every fail-open is logged and counted.
+identify (sha256, cache) -> lists (deny, allow) -> decode (bounded) -> classify (a :class:`Scorer`) ->
+decide (policy) -> record (store, metrics). Nothing is waved through silently: media that cannot be judged
+gets the policy's fallback for the reason (:meth:`proxy.config.Policy.fallback`): ``on_invalid`` or
+``on_unsupported`` for hostile or undecodable bytes, ``on_error`` for our own failure (scorer not ready,
+overload, timeout); every fail-open is logged and counted.
+
+Time: the policy's ``timeout_ms`` bounds a whole judgement. Decoding has its own budget
+(``limits.decode_timeout_ms``) that counts decoding only: time spent waiting for a free decode worker is
+load, not a property of the media, so running out of time while waiting is ``overloaded`` (on_error,
+retryable), never an "invalid" refusal of benign media.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from cachetools import TTLCache
+from classifier import ClassifierNotReady, Overloaded, Scorer, Signal
 
-from classifier import Classifier, ClassifierNotReady, Overloaded, Signal
-
-from .audit import AuditRow, AuditStore, DeniedUrl
 from .config import Config, Instance, Policy
 from .fetch import Fetcher, FetchError
+from .hashing import HASH_KINDS
 from .media import Decoded, MediaError, decode, sniff
 from .metrics import Metrics
+from .stores import AuditRow, DeniedUrl, VerdictCache
+from .verdict import Action, DecidedBy, ErrorKind, InvalidKind, Outcome, ProblemKind, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -34,56 +38,11 @@ HASH_INLINE_BYTES = 256 * 1024
 """Bodies above this are hashed in the worker pool, not on the event loop."""
 
 
-@dataclass(frozen=True)
-class Verdict:
-    sha256: str
-    action: str
-    labels: tuple[str, ...]
-    scores: dict[str, dict[str, float]]
-    source: str
-    instance: str
-    latency_ms: float
-    decided_by: str
-    """model | cache | allowlist | denylist | invalid | error | no_rules | no_frames | denied_url | fetch | not_media"""
-    detail: str | None = None
-    mime: str | None = None
-    error_kind: str | None = None
-    """invalid: MediaError.KINDS; error: not_ready | overloaded | timeout | internal; fetch: FetchError kinds."""
-    policy: str = ""
-    frames: int | None = None
-
-    @property
-    def accepted(self) -> bool:
-        return self.action == "accept"
-
-    @property
-    def reason(self) -> str:
-        """Why, in a few words: the detail, else the labels, else how it was decided."""
-        return self.detail or ", ".join(self.labels) or self.decided_by
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "sha256": self.sha256,
-            "action": self.action,
-            "labels": list(self.labels),
-            "scores": self.scores,
-            "source": self.source,
-            "instance": self.instance,
-            "latency_ms": round(self.latency_ms, 2),
-            "decided_by": self.decided_by,
-            "policy": self.policy,
-        }
-        for key in ("detail", "mime", "error_kind", "frames"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        return out
+def _digests(data: bytes, kinds: frozenset[str]) -> dict[str, str]:
+    return {name: HASH_KINDS[name].compute(data) for name in kinds}
 
 
-def _digest(data: bytes) -> tuple[str, str]:
-    return hashlib.sha256(data).hexdigest(), hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def _group_scores(scores: dict[Signal, float]) -> dict[str, dict[str, float]]:
+def _group_scores(scores: Mapping[Signal, float]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for (source, key), value in sorted(scores.items()):
         out.setdefault(source, {})[key] = round(value, 4)
@@ -91,119 +50,142 @@ def _group_scores(scores: dict[Signal, float]) -> dict[str, dict[str, float]]:
 
 
 class Pipeline:
-    def __init__(
-        self, config: Config, classifier: Classifier, audit: AuditStore | None, metrics: Metrics,
-        fetcher: Fetcher | None = None,
-    ) -> None:
+    def __init__(self, config: Config, scorer: Scorer, store: VerdictCache, metrics: Metrics,
+                 fetcher: Fetcher | None = None) -> None:
         self.config = config
-        self.classifier = classifier
-        self.audit = audit
+        self.scorer = scorer
+        self.store = store
         self.metrics = metrics
         self.fetcher = fetcher
-        self.cache: TTLCache[tuple[str, str], Verdict] = TTLCache(
-            maxsize=config.server.cache_size, ttl=config.server.cache_ttl_s
-        )
-        self.url_cache: TTLCache[tuple[str, str], Verdict] = TTLCache(
-            maxsize=config.server.cache_size, ttl=config.server.cache_ttl_s
-        )
-        self.denied_urls: TTLCache[str, str] = TTLCache(maxsize=config.server.cache_size, ttl=config.server.cache_ttl_s)
         self._pool = ThreadPoolExecutor(max_workers=config.server.decode_workers, thread_name_prefix="decode")
-        self._inflight: dict[tuple[str, str], asyncio.Task[dict[str, Any]]] = {}
-
-    async def warm_cache(self) -> int:
-        if self.audit is None:
-            return 0
-        rows = await self.audit.recent_model_verdicts(self.config.server.cache_ttl_s, self.config.server.cache_size)
-        for row in rows:
-            self.cache[(row["sha256"], row["policy"])] = _from_audit(row["sha256"], row["policy"], row)
-        return len(rows)
+        self._inflight: dict[tuple[str, str], asyncio.Task[Outcome]] = {}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    @property
+    def judgements_in_flight(self) -> int:
+        return len(self._inflight)
+
+    def _finish(self, outcome: Outcome, *, sha256: str, instance: Instance, source: str, started: float,
+                url: str | None) -> Verdict:
+        """Attribute an outcome to the request that asked, count it and record it: every verdict is made here."""
+        verdict = Verdict.of(outcome, sha256=sha256, source=source, instance=instance.name,
+                             policy=instance.policy.name, latency_ms=(time.perf_counter() - started) * 1000)
+        self.record(verdict, url)
+        return verdict
+
+    def no_verdict(self, instance: Instance, source: str, kind: ErrorKind, detail: str, *, url: str | None = None,
+                   started: float | None = None, sha256: str = "") -> Verdict:
+        """No judgement was possible (overload before the pipeline was reached, say): the policy's fallback."""
+        outcome = self._fallback(instance.policy, kind, detail, sha256 or "-", source)
+        return self._finish(outcome, sha256=sha256, instance=instance, source=source,
+                            started=started if started is not None else time.perf_counter(), url=url)
+
     async def judge(self, data: bytes, instance: Instance, source: str, *, url: str | None = None) -> Verdict:
-        """Judge one media body for one instance. Never raises for bad media or classifier trouble."""
+        """Judge one media body for one instance. Never raises for bad media or scorer trouble."""
         started = time.perf_counter()
         policy = instance.policy
+        kinds = frozenset({"sha256"}) | policy.deny.kinds | policy.allow.kinds
         loop = asyncio.get_running_loop()
         if len(data) > HASH_INLINE_BYTES:
-            sha256, md5 = await loop.run_in_executor(self._pool, _digest, data)
+            digests = await loop.run_in_executor(self._pool, _digests, data, kinds)
         else:
-            sha256, md5 = _digest(data)
+            digests = _digests(data, kinds)
+        sha256 = digests["sha256"]
+        outcome = await self._outcome(data, digests, policy, source, started)
+        verdict = self._finish(outcome, sha256=sha256, instance=instance, source=source, started=started, url=url)
+        if outcome.decided_by is DecidedBy.MODEL and outcome.action is Action.QUARANTINE and policy.quarantine_dir:
+            await loop.run_in_executor(self._pool, _quarantine, policy.quarantine_dir, sha256, data)
+        return verdict
 
-        def finish(**kw: Any) -> Verdict:
-            v = Verdict(
-                sha256=sha256, source=source, instance=instance.name, policy=policy.name,
-                latency_ms=(time.perf_counter() - started) * 1000, **kw,
-            )
-            self.record(v, policy, url)
-            return v
-
-        deny = policy.deny.match(sha256, md5)
+    async def _outcome(self, data: bytes, digests: dict[str, str], policy: Policy, source: str,
+                       started: float) -> Outcome:
+        sha256 = digests["sha256"]
+        deny = policy.deny.match(digests)
         if deny:
             self.metrics.list_hits.labels("deny").inc()
-            return finish(action="reject", labels=("denylist",), scores={}, decided_by="denylist", detail=deny)
-        allow = policy.allow.match(sha256, md5)
+            return Outcome(Action.REJECT, DecidedBy.DENYLIST, labels=("denylist",), detail=deny)
+        allow = policy.allow.match(digests)
         if allow:
             self.metrics.list_hits.labels("allow").inc()
-            return finish(action="accept", labels=(), scores={}, decided_by="allowlist", detail=allow)
-
-        cached = await self._cached(sha256, policy)
+            return Outcome(Action.ACCEPT, DecidedBy.ALLOWLIST, detail=allow)
+        cached = await self.store.verdict(sha256, policy.name)
         if cached is not None:
             self.metrics.cache_hits.inc()
-            return finish(action=cached.action, labels=cached.labels, scores=cached.scores, decided_by="cache", mime=cached.mime)
-
+            return Outcome(cached.action, DecidedBy.CACHE, labels=cached.labels, scores=cached.scores, mime=cached.mime)
         # one judgement per (sha256, policy) at a time: concurrent requests for the same bytes (a flood of
         # one upload, an inbox prefetch racing the backend's own fetch) share it
         key = (sha256, policy.name)
         task = self._inflight.get(key)
-        shared = task is not None
-        if task is None:
-            task = loop.create_task(self._decide(data, policy, sha256, source, started))
-            self._inflight[key] = task
-            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        if task is not None:
+            outcome = await asyncio.shield(task)
+            if outcome.decided_by is DecidedBy.MODEL:
+                self.metrics.cache_hits.inc()
+                return Outcome(outcome.action, DecidedBy.CACHE, labels=outcome.labels, scores=outcome.scores,
+                               mime=outcome.mime, frames=outcome.frames)
+            return outcome
+        task = asyncio.get_running_loop().create_task(self._decide(data, policy, sha256, source, started))
+        self._inflight[key] = task
+        task.add_done_callback(lambda _: self._inflight.pop(key, None))
         outcome = await asyncio.shield(task)
-        if shared and outcome["decided_by"] == "model":
-            self.metrics.cache_hits.inc()
-            outcome = {**outcome, "decided_by": "cache"}
-        verdict = finish(**outcome)
-        if not shared and verdict.decided_by == "model":
-            self.cache[key] = verdict
-            if verdict.action == "quarantine" and policy.quarantine_dir:
-                await loop.run_in_executor(self._pool, _quarantine, policy.quarantine_dir, sha256, data)
-        return verdict
+        if outcome.decided_by is DecidedBy.MODEL:
+            self.store.remember(sha256, policy.name, outcome)
+        return outcome
 
-    async def _decide(self, data: bytes, policy: Policy, sha256: str, source: str, started: float) -> dict[str, Any]:
-        """Decode and classify: the fields of a verdict. Never raises."""
-        loop = asyncio.get_running_loop()
+    async def _decode(self, data: bytes, policy: Policy, started: float) -> Decoded:
+        """Decode in the worker pool. The media's own budget starts when a worker starts decoding; waiting
+        for a worker is bounded by what is left of the policy's budget and raises TimeoutError."""
+        began: list[float] = []
+
+        def run() -> Decoded:
+            began.append(time.monotonic())
+            return decode(data, policy.limits)
+
+        remaining = policy.timeout_ms / 1000 - (time.perf_counter() - started)
+        future = asyncio.get_running_loop().run_in_executor(self._pool, run)
         try:
-            decoded = await asyncio.wait_for(
-                loop.run_in_executor(self._pool, decode, data, policy.limits),
-                policy.limits.decode_timeout_ms / 1000 + 1.0,
-            )
+            return await asyncio.wait_for(future, max(remaining, 0.001))
+        except TimeoutError:
+            decoding_s = time.monotonic() - began[0] if began else None
+            if decoding_s is not None and decoding_s * 1000 > policy.limits.decode_timeout_ms:
+                # stuck inside one decoder call past the media's own budget: the media's fault
+                raise MediaError("timeout", "decoding took too long") from None
+            raise _DecodeWait(decoding_s is not None) from None
+
+    async def _decide(self, data: bytes, policy: Policy, sha256: str, source: str, started: float) -> Outcome:
+        """Decode and classify. Never raises."""
+        try:
+            decoded = await self._decode(data, policy, started)
         except MediaError as exc:
             return self._invalid(policy, exc.kind, str(exc), sha256, source)
-        except TimeoutError:
-            return self._invalid(policy, "timeout", "decoding took too long", sha256, source)
+        except _DecodeWait as exc:
+            if exc.decoding:
+                return self._fallback(policy, ErrorKind.TIMEOUT, f"no verdict within {policy.timeout_ms} ms (decoding)",
+                                      sha256, source)
+            self.metrics.overload.labels("decode").inc()
+            return self._fallback(policy, ErrorKind.OVERLOADED,
+                                  f"no decode worker free within {policy.timeout_ms} ms", sha256, source)
 
         sources = policy.rules.sources()
         if not sources:
-            return {"action": "accept", "labels": (), "scores": {}, "decided_by": "no_rules", "mime": decoded.mime}
+            return Outcome(Action.ACCEPT, DecidedBy.NO_RULES, mime=decoded.mime)
         if not decoded.frames:  # audio without cover art
-            return {"action": "accept", "labels": (), "scores": {}, "decided_by": "no_frames", "mime": decoded.mime}
+            return Outcome(Action.ACCEPT, DecidedBy.NO_FRAMES, mime=decoded.mime)
         remaining = policy.timeout_ms / 1000 - (time.perf_counter() - started)
         try:
-            frame_scores = await asyncio.wait_for(self.classifier.score(decoded.frames, sources), max(remaining, 0.001))
+            frame_scores = await asyncio.wait_for(self.scorer.score(decoded.frames, sources), max(remaining, 0.001))
         except ClassifierNotReady as exc:
-            return self._error(policy, "not_ready", str(exc), decoded, sha256, source)
+            return self._fallback(policy, ErrorKind.NOT_READY, str(exc), sha256, source, decoded)
         except Overloaded as exc:
             self.metrics.overload.labels("classifier").inc()
-            return self._error(policy, "overloaded", str(exc), decoded, sha256, source)
+            return self._fallback(policy, ErrorKind.OVERLOADED, str(exc), sha256, source, decoded)
         except TimeoutError:
-            return self._error(policy, "timeout", f"no verdict within {policy.timeout_ms} ms", decoded, sha256, source)
+            return self._fallback(policy, ErrorKind.TIMEOUT, f"no verdict within {policy.timeout_ms} ms", sha256,
+                                  source, decoded)
         except Exception as exc:  # a model crash must not take the server down or pass media silently
             log.exception("classifier failed on %s", sha256[:12])
-            return self._error(policy, "internal", f"classifier error: {exc}", decoded, sha256, source)
+            return self._fallback(policy, ErrorKind.INTERNAL, f"classifier error: {exc}", sha256, source, decoded)
 
         labels: set[str] = set()
         worst: dict[Signal, float] = {}
@@ -212,34 +194,15 @@ class Pipeline:
             labels |= result.labels
             for sig, value in result.scores.items():
                 worst[sig] = max(value, worst.get(sig, float("-inf")))
-        return {
-            "action": policy.action_for(labels), "labels": tuple(sorted(labels)), "scores": _group_scores(worst),
-            "decided_by": "model", "mime": decoded.mime, "frames": len(decoded.frames),
-        }
-
-    async def _cached(self, sha256: str, policy: Policy) -> Verdict | None:
-        """A verdict from memory, or one another process sharing the audit store reached (egress/serve)."""
-        cached = self.cache.get((sha256, policy.name))
-        if cached is None and self.audit is not None:
-            row = await self.audit.model_verdict(sha256, policy.name, self.config.server.cache_ttl_s)
-            if row is not None:
-                cached = self.cache[(sha256, policy.name)] = _from_audit(sha256, policy.name, row)
-        return cached
+        return Outcome(policy.action_for(labels), DecidedBy.MODEL, labels=tuple(sorted(labels)),
+                       scores=_group_scores(worst), mime=decoded.mime, frames=len(decoded.frames))
 
     async def url_denial(self, url: str) -> str | None:
         """Why ``url`` must not be fetched or stored (denied by an inbox strip or a flagged fetch), or None."""
-        reason = self.denied_urls.get(url)
-        if reason is None and self.audit is not None:
-            row = await self.audit.denied_url(url)
-            if row is not None:
-                reason = row["reason"]
-                self.denied_urls[url] = reason
-        return reason
+        return await self.store.url_denial(url)
 
     def deny_url(self, url: str, verdict: Verdict, reason: str) -> None:
-        self.denied_urls[url] = reason
-        if self.audit is not None:
-            self.audit.record(DeniedUrl(url, time.time(), verdict.sha256 or None, verdict.policy, reason))
+        self.store.deny_url(DeniedUrl(url, time.time(), verdict.sha256 or None, verdict.policy, reason))
 
     async def judge_url(self, url: str, instance: Instance, source: str) -> Verdict:
         """Fetch ``url`` (SSRF-safe) and judge its bytes; verdicts are cached by URL as well as by sha256,
@@ -247,87 +210,85 @@ class Pipeline:
         started = time.perf_counter()
         policy = instance.policy
 
-        def unfetched(**kw: Any) -> Verdict:
-            fields: dict[str, Any] = {"sha256": "", "labels": (), "scores": {}, **kw}
-            v = Verdict(source=source, instance=instance.name, policy=policy.name,
-                        latency_ms=(time.perf_counter() - started) * 1000, **fields)
-            self.record(v, policy, url)
-            return v
+        def unfetched(outcome: Outcome) -> Verdict:
+            return self._finish(outcome, sha256="", instance=instance, source=source, started=started, url=url)
 
         reason = await self.url_denial(url)
         if reason is not None:
-            return unfetched(action="reject", decided_by="denied_url", detail=reason)
-        cached = self.url_cache.get((url, policy.name))
+            return unfetched(Outcome(Action.REJECT, DecidedBy.DENIED_URL, detail=reason))
+        cached = self.store.url_verdict(url, policy.name)
         if cached is not None:
             self.metrics.cache_hits.inc()
-            return unfetched(action=cached.action, decided_by="cache", sha256=cached.sha256, labels=cached.labels,
-                             scores=cached.scores, detail="url verdict")
+            return unfetched(Outcome(cached.action, DecidedBy.CACHE, labels=cached.labels, scores=cached.scores,
+                                     detail="url verdict", sha256=cached.sha256))
         assert self.fetcher is not None, "Pipeline needs a Fetcher to judge URLs"
         try:
             fetched = await self.fetcher.fetch(url)
         except FetchError as exc:
             self.metrics.fetch_errors.labels(exc.kind).inc()
             log.warning("fetch of %s for %s failed: %s (%s)", url, source, exc.kind, exc)
-            action = "reject" if exc.kind == "blocked" or policy.on_error == "reject" else "accept"
-            verdict = unfetched(action=action, decided_by="fetch", detail=str(exc), error_kind=exc.kind)
-            if exc.kind == "blocked":
+            verdict = unfetched(Outcome(policy.fallback(exc.kind), DecidedBy.FETCH, detail=str(exc), error_kind=exc.kind))
+            if exc.kind.policy_key is None:  # blocked: never to be fetched by anyone
                 self.deny_url(url, verdict, f"blocked: {exc}")
             return verdict
         if sniff(fetched.body) is None:
             # a web page, a JSON document: no media to judge here (a Lemmy link post's attachment, say)
-            return unfetched(action="accept", decided_by="not_media", detail=fetched.content_type)
+            return unfetched(Outcome(Action.ACCEPT, DecidedBy.NOT_MEDIA, detail=fetched.content_type))
         verdict = await self.judge(fetched.body, instance, source, url=url)
-        if verdict.decided_by in ("model", "cache", "denylist", "allowlist"):
-            self.url_cache[(url, policy.name)] = verdict
-        if not verdict.accepted and verdict.decided_by in ("model", "cache", "denylist"):
+        if verdict.decided_by.judged_content:
+            self.store.remember_url(url, policy.name, Outcome(verdict.action, verdict.decided_by, labels=verdict.labels,
+                                                              scores=verdict.scores, sha256=verdict.sha256))
+        if verdict.denies_url:
             self.deny_url(url, verdict, f"{verdict.action}: {verdict.reason}")
         return verdict
 
-    def _invalid(self, policy: Policy, kind: str, detail: str, sha256: str, source: str) -> dict[str, Any]:
+    def _invalid(self, policy: Policy, kind: InvalidKind, detail: str, sha256: str, source: str) -> Outcome:
         self.metrics.invalid.labels(kind).inc()
-        choice = policy.on_unsupported if kind == "unsupported" else policy.on_invalid
-        action = "accept" if choice == "accept" else "reject"
+        action = policy.fallback(kind)
         log.warning("invalid media %s from %s: %s (%s) -> %s", sha256[:12], source, kind, detail, action)
-        if action == "accept":
+        if action is Action.ACCEPT:
             self.metrics.fail_open.labels(policy.name, f"invalid:{kind}").inc()
-        return {"action": action, "labels": (), "scores": {}, "decided_by": "invalid", "detail": detail, "error_kind": kind}
+        return Outcome(action, DecidedBy.INVALID, detail=detail, error_kind=kind)
 
-    def _error(self, policy: Policy, kind: str, detail: str, decoded: Decoded, sha256: str, source: str) -> dict[str, Any]:
+    def _fallback(self, policy: Policy, kind: ProblemKind, detail: str, sha256: str, source: str,
+                  decoded: Decoded | None = None) -> Outcome:
+        """No verdict through our own failure: the policy's ``on_error``."""
         self.metrics.errors.labels(kind).inc()
-        action = "accept" if policy.on_error == "accept" else "reject"
+        action = policy.fallback(kind)
         log.warning("no verdict for %s from %s: %s -> on_error=%s", sha256[:12], source, detail, action)
-        if action == "accept":
+        if action is Action.ACCEPT:
             self.metrics.fail_open.labels(policy.name, kind).inc()
-        return {"action": action, "labels": (), "scores": {}, "decided_by": "error", "detail": detail, "error_kind": kind,
-                "mime": decoded.mime}
+        return Outcome(action, DecidedBy.ERROR, detail=detail, error_kind=kind,
+                       mime=decoded.mime if decoded is not None else None)
 
-    def record(self, v: Verdict, policy: Policy, url: str | None) -> None:
+    def record(self, v: Verdict, url: str | None) -> None:
         """Count a verdict in the metrics, log a refusal, write its audit row."""
         m = self.metrics
         m.verdicts.labels(v.instance, v.source, v.action, v.decided_by).inc()
         m.latency.labels(v.source, v.decided_by).observe(v.latency_ms / 1000)
         for label in v.labels:
             m.labels.labels(v.instance, label).inc()
-        if v.action != "accept":
+        if not v.accepted:
             log.info(
                 "%s %s from %s for %s: labels=%s by=%s%s",
                 v.action, v.sha256[:12], v.source, v.instance, list(v.labels), v.decided_by,
                 f" ({v.detail})" if v.detail else "",
             )
-        if self.audit is not None:
-            self.audit.record(
-                AuditRow(
-                    ts=time.time(), sha256=v.sha256, source=v.source, instance=v.instance, policy=policy.name,
-                    action=v.action, decided_by=v.decided_by, labels=list(v.labels), scores=v.scores,
-                    latency_ms=round(v.latency_ms, 2), detail=v.detail, url=url,
-                )
+        self.store.record(
+            AuditRow(
+                ts=time.time(), sha256=v.sha256, source=v.source, instance=v.instance, policy=v.policy,
+                action=str(v.action), decided_by=str(v.decided_by), labels=list(v.labels), scores=v.scores,
+                latency_ms=round(v.latency_ms, 2), detail=v.detail, url=url,
             )
+        )
 
 
-def _from_audit(sha256: str, policy: str, row: dict[str, Any]) -> Verdict:
-    """A cached model verdict rebuilt from its audit row."""
-    return Verdict(sha256=sha256, action=row["action"], labels=tuple(row["labels"]), scores=row["scores"], source="",
-                   instance="", latency_ms=0.0, decided_by="model", policy=policy)
+class _DecodeWait(Exception):
+    """The policy's budget ran out before decoding ended; ``decoding``: whether a worker had begun."""
+
+    def __init__(self, decoding: bool) -> None:
+        super().__init__()
+        self.decoding = decoding
 
 
 def _quarantine(directory: str, sha256: str, data: bytes) -> None:

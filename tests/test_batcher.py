@@ -27,7 +27,7 @@ class Model:
 async def test_concurrent_requests_share_batches_and_get_their_own_results() -> None:
     model = Model(delay=0.02)
     sizes: list[int] = []
-    b = DynamicBatcher(model, name="t", max_batch=8, max_wait_ms=20, on_batch=lambda n, s: sizes.append(n))
+    b = DynamicBatcher(model, name="t", max_batch=8, max_wait_ms=20, max_queue=64, on_batch=lambda n, s: sizes.append(n))
     b.start()
     results = await asyncio.gather(*(b.submit(i) for i in range(32)))
     await b.close()
@@ -38,7 +38,7 @@ async def test_concurrent_requests_share_batches_and_get_their_own_results() -> 
 
 
 async def test_single_request_waits_at_most_max_wait() -> None:
-    b = DynamicBatcher(Model(), name="t", max_batch=32, max_wait_ms=30)
+    b = DynamicBatcher(Model(), name="t", max_batch=32, max_wait_ms=30, max_queue=64)
     b.start()
     t0 = time.perf_counter()
     assert await b.submit(1) == 10
@@ -62,7 +62,7 @@ async def test_full_queue_refuses_at_once() -> None:
 
 async def test_model_error_reaches_waiters_and_batcher_keeps_going() -> None:
     model = Model(fail_on=3)
-    b = DynamicBatcher(model, name="t", max_batch=1, max_wait_ms=0)
+    b = DynamicBatcher(model, name="t", max_batch=1, max_wait_ms=0, max_queue=64)
     b.start()
     with pytest.raises(RuntimeError, match="exploded"):
         await b.submit(3)
@@ -72,7 +72,7 @@ async def test_model_error_reaches_waiters_and_batcher_keeps_going() -> None:
 
 async def test_cancelled_waiters_are_skipped() -> None:
     model = Model(delay=0.1)
-    b = DynamicBatcher(model, name="t", max_batch=4, max_wait_ms=0)
+    b = DynamicBatcher(model, name="t", max_batch=4, max_wait_ms=0, max_queue=64)
     b.start()
     busy = asyncio.ensure_future(b.submit(0))
     await asyncio.sleep(0.02)

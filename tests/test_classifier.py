@@ -12,9 +12,9 @@ from PIL import Image
 from classifier import Classifier, ClassifierNotReady, ClassifierSettings, ClipSettings, SourceLoadError
 from classifier.detectors import NudeNetSource, OpenNSFWSource
 from classifier.sources import ClipSource, register_model_configs
-from tests.photos import photo_array
+from tests.support.photos import photo_array
 
-TINY = ClipSettings(model="ffp-tiny-clip", pretrained=None, device="cpu")
+TINY = ClassifierSettings(model="ffp-tiny-clip", pretrained=None, device="cpu")
 
 
 def test_tiny_config_is_registered_with_open_clip() -> None:
@@ -26,7 +26,7 @@ def test_tiny_config_is_registered_with_open_clip() -> None:
 
 
 def test_text_embeddings_are_computed_once_per_prompt() -> None:
-    src = ClipSource(TINY)
+    src = ClipSource(TINY.clip)
     calls: list[int] = []
     original = src.model.encode_text
     src.model.encode_text = lambda tokens, **kw: (calls.append(len(tokens)), original(tokens, **kw))[1]
@@ -37,7 +37,7 @@ def test_text_embeddings_are_computed_once_per_prompt() -> None:
 
 
 def test_batched_scores_equal_single_scores() -> None:
-    src = ClipSource(TINY)
+    src = ClipSource(TINY.clip)
     src.set_prompts({"a cat", "a rocket"})
     images = [Image.fromarray(photo_array(n)) for n in ("coffee", "rocket", "chelsea")]
     prepared = [src.preprocess(im) for im in images]
@@ -50,7 +50,7 @@ def test_batched_scores_equal_single_scores() -> None:
 
 
 def test_same_seed_same_model() -> None:
-    a, b = ClipSource(TINY), ClipSource(TINY)
+    a, b = ClipSource(TINY.clip), ClipSource(TINY)
     a.set_prompts({"x"})
     b.set_prompts({"x"})
     img = a.preprocess(Image.fromarray(photo_array("coffee")))
@@ -60,8 +60,8 @@ def test_same_seed_same_model() -> None:
 @pytest.mark.parametrize(
     ("settings", "needle"),
     [
-        (ClipSettings(model="no-such-model", pretrained=None), "unknown open_clip model"),
-        (ClipSettings(model="ffp-tiny-clip", pretrained="/nonexistent/w.bin"), "does not exist"),
+        (ClipSettings(model="no-such-model", pretrained=None, device="cpu"), "unknown open_clip model"),
+        (ClipSettings(model="ffp-tiny-clip", pretrained="/nonexistent/w.bin", device="cpu"), "does not exist"),
     ],
 )
 def test_load_errors_are_source_load_errors(settings: ClipSettings, needle: str) -> None:
@@ -73,7 +73,7 @@ def test_weights_file_round_trip(tmp_path) -> None:
     """The offline path admins use: a local weights file, loaded by open_clip with weights_only."""
     import torch
 
-    src = ClipSource(TINY)
+    src = ClipSource(TINY.clip)
     path = tmp_path / "open_clip_pytorch_model.bin"
     torch.save(src.model.state_dict(), path)
     loaded = ClipSource(ClipSettings(model="ffp-tiny-clip", pretrained=str(path), device="cpu", seed=123))
@@ -112,7 +112,7 @@ def test_open_nsfw_scores_match_the_package() -> None:
 
 
 async def test_classifier_reports_failure_reason() -> None:
-    c = Classifier(ClassifierSettings(clip=ClipSettings(model="no-such-model")), {("clip", "x")})
+    c = Classifier(ClassifierSettings(model="no-such-model"), {("clip", "x")})
     await c.start()
     with pytest.raises(ClassifierNotReady, match="unknown open_clip model"):
         await c.wait_ready()
@@ -123,7 +123,7 @@ async def test_classifier_reports_failure_reason() -> None:
 
 
 async def test_classifier_scores_frames_from_several_sources_concurrently() -> None:
-    c = Classifier(ClassifierSettings(clip=TINY), {("clip", "a cat"), ("open_nsfw", "nsfw"), ("nudenet", "FACE_FEMALE")})
+    c = Classifier(TINY, {("clip", "a cat"), ("open_nsfw", "nsfw"), ("nudenet", "FACE_FEMALE")})
     await c.start()
     await c.wait_ready()
     frames = [Image.fromarray(photo_array(n)) for n in ("astronaut", "coffee")]

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import config_dict, photo
-from tests.test_semantic import FACES
+from tests.support.configs import FACES, config_dict
+from tests.support.photos import photo
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import ConfigError, load_config, parse_config
-from tests.conftest import config_dict, policy
+from tests.support.configs import config_dict, policy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,7 +125,7 @@ def test_hash_list_files(tmp_path: Path) -> None:
     (tmp_path / "bad.txt").write_text("not-a-hash\n")
     raw = config_dict(policy(allow={"files": ["allow.txt"]}))
     cfg = parse_config(copy.deepcopy(raw), base=tmp_path)
-    assert cfg.policies["main"].allow.sha256 == {good}
+    assert cfg.policies["main"].allow.entries["sha256"] == {good}
     raw = config_dict(policy(allow={"files": ["bad.txt"]}))
     with pytest.raises(ConfigError, match=r"bad.txt:1: 'not-a-hash' is not a valid"):
         parse_config(raw, base=tmp_path)

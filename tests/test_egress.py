@@ -8,6 +8,7 @@ import copy
 import gc
 import ssl
 import warnings
+from dataclasses import replace
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,10 @@ import trustme
 
 from proxy.config import parse_config
 from proxy.egress import Egress
-from tests.conftest import config_dict
-from tests.hosts import HITS, media_app
-from tests.photos import photo
-from tests.test_reverse import delivery, deliver, drain, Env
-from tests.test_semantic import FACES
-from tests.test_server import start
+from tests.support.configs import FACES, config_dict
+from tests.support.hosts import HITS, Backend, media_app
+from tests.support.photos import photo
+from tests.support.servers import Env, audit_rows, deliver, delivery, drain, sample, start
 
 
 def egress_config(tmp_path: Path, ca_file: str, **egress: Any) -> dict:
@@ -46,7 +45,7 @@ def ca(tmp_path: Path) -> tuple[trustme.CA, str]:
 async def running(raw: dict) -> AsyncIterator[tuple[Egress, str]]:
     egress = Egress(parse_config(raw))
     await egress.start()
-    await egress.classifier.wait_ready()
+    await egress.services.scorer.wait_ready()
     task = asyncio.ensure_future(egress.run())
     for _ in range(100):
         if egress.listen_addrs():
@@ -119,7 +118,7 @@ async def test_text_streams_untouched_and_disguised_media_is_cut(egress, aiohttp
     assert status == 200 and len(body) > 100_000 and body.startswith(b'{"type": "Note"')
     status, body, _ = await get(proxy, f"{base}/disguised/astronaut")
     assert status == 200 and body == b""  # labelled text/html, starts like a JPEG: never reaches the backend
-    assert e.metrics.egress.labels("disguised_media")._value.get() == 1
+    assert sample(e.services, "ffp_egress_responses_total", outcome="disguised_media") == 1
 
 
 async def test_response_over_the_limit_is_refused(egress, aiohttp_server) -> None:
@@ -128,7 +127,7 @@ async def test_response_over_the_limit_is_refused(egress, aiohttp_server) -> Non
     status, body, _ = await get(proxy, f"http://127.0.0.1:{media.port}/big?mb=3")
     assert status == 502 and len(body) < 10_000
     await asyncio.sleep(0.05)
-    assert e.metrics.egress.labels("too_large")._value.get() == 1
+    assert sample(e.services, "ffp_egress_responses_total", outcome="too_large") == 1
 
 
 async def test_busy_judgement_slots_get_on_error(tmp_path, ca, aiohttp_server) -> None:
@@ -141,12 +140,12 @@ async def test_busy_judgement_slots_get_on_error(tmp_path, ca, aiohttp_server) -
         status, _, headers = await get(proxy, f"http://127.0.0.1:{media.port}/img/coffee.jpg")
         assert status == 403 and "egress overloaded" in headers["X-Fedi-Filter"]
         e.addon.slots.release()
+        # the recovery judges for real: give it a budget no loaded machine runs out of
+        e.addon.instance = replace(e.addon.instance, policy=replace(e.addon.instance.policy, timeout_ms=60_000))
         status, body, _ = await get(proxy, f"http://127.0.0.1:{media.port}/img/coffee.jpg")
         assert status == 200 and body == photo("coffee")
-        assert e.metrics.overload.labels("egress")._value.get() == 1
-        assert e.audit is not None
-        await e.audit.flush()
-        rows = await e.audit.query("SELECT decided_by, detail FROM decisions WHERE source = 'egress' ORDER BY id")
+        assert sample(e.services, "ffp_overload_total", where="egress") == 1
+        rows = await audit_rows(e.services, "SELECT decided_by, detail FROM decisions WHERE source = 'egress' ORDER BY id")
         assert [(r["decided_by"], r["detail"]) for r in rows] == [("error", "egress overloaded"), ("model", None)]
 
 
@@ -162,8 +161,6 @@ async def test_private_targets_are_refused_before_connecting(egress, aiohttp_ser
 async def test_a_url_stripped_from_an_inbox_is_refused_by_egress(tmp_path, ca, aiohttp_client, aiohttp_server) -> None:
     """serve and egress share the audit store: an inbox `strip` in one denies the URL in the other."""
     raw = egress_config(tmp_path, ca[1])
-    from tests.hosts import Backend
-
     backend = Backend()
     backend_server = await aiohttp_server(backend.app())
     media = await aiohttp_server(media_app())
@@ -177,7 +174,6 @@ async def test_a_url_stripped_from_an_inbox_is_refused_by_egress(tmp_path, ca, a
     assert resp.status == 200 and len(backend.seen) == 1  # strip: delivered untouched
     await drain(env)
     async for e, proxy in running(raw):
-        assert e.pipeline.cache.get is not None
         status, _, headers = await get(proxy, flagged)
         assert status == 403 and headers["X-Fedi-Filter"].startswith("denied")
     assert media.app[HITS] == {"astronaut": 1}  # fetched once, by serve's inbox prefetch

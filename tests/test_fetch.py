@@ -9,8 +9,8 @@ import pytest
 
 from proxy.config import FetchConfig
 from proxy.fetch import Fetcher, FetchError, address_allowed
-from tests.hosts import HITS, StaticResolver, media_app
-from tests.photos import photo
+from tests.support.hosts import HITS, StaticResolver, media_app
+from tests.support.photos import photo
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"),)
 

@@ -5,7 +5,8 @@ from PIL import Image
 
 from proxy.config import MediaLimits
 from proxy.media import FRAME_MAX_SIDE, MediaError, decode, sniff
-from tests.conftest import animated_gif, mp4_video, photo, png_bomb, wav_audio
+from tests.support.media import animated_gif, mp4_video, png_bomb, wav_audio
+from tests.support.photos import photo
 
 LIMITS = MediaLimits()
 

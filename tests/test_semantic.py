@@ -16,15 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import audio_with_cover, make_config, photo
-from tests.test_server import post_media, start
-
-FACES = {
-    "concepts": {"face": {"signals": {"nudenet.FACE_FEMALE": 0.5, "nudenet.FACE_MALE": 0.5}}},
-    "labels": {"portrait": {"any": [{"concept": "face"}]}},
-    "actions": {"portrait": "reject"},
-}
-
+from tests.support.configs import FACES, make_config
+from tests.support.media import audio_with_cover
+from tests.support.photos import CORPUS, photo
+from tests.support.servers import post_media, start
 
 async def test_face_standin_policy_refuses_portraits_and_accepts_the_rest(aiohttp_client) -> None:
     client = await start(aiohttp_client, make_config(FACES))
@@ -69,7 +64,6 @@ async def test_cat_standin_with_real_clip_weights(aiohttp_client) -> None:
 async def test_cpu_policy_uses_only_detectors_and_accepts_the_benign_corpus(aiohttp_client, tmp_path) -> None:
     """config/cpu.yaml end to end: no CLIP loaded, every benign photo the packages ship accepted."""
     from proxy.config import load_config
-    from tests.photos import CORPUS
 
     cfg = await asyncio.to_thread(load_config, Path(__file__).resolve().parent.parent / "config" / "cpu.yaml")
     cfg = replace(cfg, server=replace(cfg.server, audit_db=str(tmp_path / "a.db")))

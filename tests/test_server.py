@@ -6,43 +6,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from classifier import ClassifierNotReady
-from proxy.config import Config
-from proxy.server import CLASSIFIER, PIPELINE, build_app
-from tests.conftest import ALWAYS, NEVER, animated_gif, make_config, photo, png_bomb, policy, wav_audio
-
-Client = Callable[..., Awaitable[TestClient]]
-
-
-async def start(aiohttp_client: Client, config: Config, *, ready: bool = True) -> TestClient:
-    app = build_app(config)
-    client = await aiohttp_client(app)
-    if ready:
-        await app[CLASSIFIER].wait_ready()
-    return client
-
-
-async def post_media(client: TestClient, data: bytes, path: str = "/api/v1/validate", **kw: Any) -> tuple[int, dict]:
-    resp = await client.post(path, data=data, headers={"Content-Type": "image/jpeg", **kw.pop("headers", {})}, **kw)
-    return resp.status, await resp.json()
-
-
-async def metric(client: TestClient, name: str, **labels: str) -> float:
-    text = await (await client.get("/metrics")).text()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
-
+from proxy.server import build_app
+from tests.support.configs import ALWAYS, NEVER, make_config, policy
+from tests.support.media import animated_gif, png_bomb, wav_audio
+from tests.support.photos import photo
+from tests.support.servers import Client, audit_rows, metric, post_media, services, start
 
 async def test_clean_media_is_accepted_with_a_json_verdict(aiohttp_client: Client) -> None:
     client = await start(aiohttp_client, make_config(policy(NEVER)))
@@ -173,10 +146,7 @@ async def test_repeat_is_answered_from_cache_and_audited(aiohttp_client: Client)
     second = await post_media(client, data)
     assert first[0] == second[0] == 406
     assert second[1]["decided_by"] == "cache" and second[1]["labels"] == ["flagged"]
-    pipeline = client.app[PIPELINE]
-    assert pipeline.audit is not None
-    await pipeline.audit.flush()
-    rows = await pipeline.audit.query("SELECT sha256, action, decided_by, labels FROM decisions ORDER BY id")
+    rows = await audit_rows(services(client), "SELECT sha256, action, decided_by, labels FROM decisions ORDER BY id")
     assert [(r["action"], r["decided_by"]) for r in rows] == [("reject", "model"), ("reject", "cache")]
     assert rows[0]["sha256"] == hashlib.sha256(data).hexdigest() and rows[0]["labels"] == ["flagged"]
 
@@ -188,7 +158,7 @@ async def test_concurrent_requests_for_the_same_bytes_share_one_judgement(aiohtt
     assert all(status == 406 and body["labels"] == ["flagged"] for status, body in results)
     assert sorted(body["decided_by"] for _, body in results) == ["cache"] * 7 + ["model"]
     assert await metric(client, "ffp_classifier_batch_size_sum", model="clip") == 1  # one frame classified
-    assert client.app[PIPELINE]._inflight == {}
+    assert services(client).pipeline.judgements_in_flight == 0
 
 
 async def test_worst_frame_of_an_animation_decides(aiohttp_client: Client) -> None:
@@ -214,7 +184,7 @@ async def test_classifier_not_ready_fails_closed_with_503(aiohttp_client: Client
     cfg = make_config(policy(NEVER), classifier={"pretrained": str(tmp_path / "missing" / "weights.bin")})
     client = await start(aiohttp_client, cfg, ready=False)
     with pytest.raises(ClassifierNotReady, match="does not exist"):
-        await client.app[CLASSIFIER].wait_ready()
+        await services(client).scorer.wait_ready()
     health = await client.get("/healthz")
     body = await health.json()
     assert health.status == 503 and body["classifier"]["state"] == "failed"
@@ -230,7 +200,7 @@ async def test_fail_open_is_configured_logged_and_counted(
     cfg = make_config(policy(NEVER, on_error="accept"), classifier={"pretrained": str(tmp_path / "nope" / "w.bin")})
     client = await start(aiohttp_client, cfg, ready=False)
     with pytest.raises(ClassifierNotReady, match="does not exist"):
-        await client.app[CLASSIFIER].wait_ready()
+        await services(client).scorer.wait_ready()
     with caplog.at_level(logging.WARNING, logger="proxy.pipeline"):
         status, body = await post_media(client, photo("coffee"))
     assert status == 200 and body["decided_by"] == "error" and body["error_kind"] == "not_ready"
@@ -253,8 +223,7 @@ async def test_overload_answers_503_with_retry_after_and_counts(aiohttp_client: 
     assert 503 in statuses
     assert all(b["error_kind"] == "overloaded" for s, b in results if s == 503)
     assert await metric(client, "ffp_overload_total", where="classifier") >= 1
-    batcher = client.app[CLASSIFIER].batchers["clip"]
-    while batcher.queue_depth:
+    while await metric(client, "ffp_classifier_queue_depth", model="clip"):
         await asyncio.sleep(0.01)
     assert (await post_media(client, photo("rocket")))[0] == 200  # recovers once the queue drains
 

@@ -1,4 +1,4 @@
-"""The reverse proxy end to end: real clients -> fedi-filter serve -> a recording backend, all on loopback.
+"""The interception points end to end: uploads, URL ingestion and inboxes through fedi-filter serve.
 
 The stand-in policy flags faces (NudeNet's real weights): the astronaut and Grace Hopper portraits are
 'flagged', coffee/rocket/cat photos are clean. Remote media lives on a real media host on 127.0.0.1.
@@ -7,147 +7,18 @@ The stand-in policy flags faces (NudeNet's real weights): the astronaut and Grac
 from __future__ import annotations
 
 import asyncio
-import copy
-import io
-import hashlib
 import json
-from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from mastodon import Mastodon, MastodonAPIError
 
-from proxy.server import CONTEXT, PIPELINE
-from tests import httpsig
-from tests.conftest import make_config
-from tests.hosts import HITS, Backend, media_app
-from tests.photos import photo
-from tests.test_semantic import FACES
-from tests.test_server import start
-
-FIXTURES = Path(__file__).parent / "fixtures" / "activitypub"
-HOSTS = {"mastodon": "masto.test", "lemmy": "lemmy.test", "pictrs": "pictrs.test", "misskey": "misskey.test",
-         "akkoma": "akkoma.test"}
-
-
-class Env:
-    def __init__(self, client: Any, backend: Backend, media: Any) -> None:
-        self.client = client
-        self.backend = backend
-        self.media = media
-
-    def media_url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.media.port}/img/{name}.jpg"
-
-    async def request(self, kind: str, method: str, path: str, **kw: Any) -> aiohttp.ClientResponse:
-        headers = {"Host": HOSTS[kind], **kw.pop("headers", {})}
-        return await self.client.request(method, path, headers=headers, **kw)
-
-
-async def make_env(aiohttp_client: Any, aiohttp_server: Any, *, inbox: str = "reject", strip_uploads: bool = False,
-                   prefetch: bool = True, mastodon_host: str = "masto.test", **policy_overrides: Any) -> Env:
-    backend = Backend()
-    backend_server = await aiohttp_server(backend.app())
-    media = await aiohttp_server(media_app())
-    upstream = f"http://127.0.0.1:{backend_server.port}"
-    pol = copy.deepcopy(FACES)
-    pol["inbox"] = inbox
-    pol["prefetch"] = prefetch
-    pol.update(policy_overrides)
-    if strip_uploads:
-        pol["actions"]["portrait"] = "strip"
-    instances = [{"name": kind, "kind": kind, "hosts": [host if kind != "mastodon" else mastodon_host], "upstream": upstream,
-                  "policy": "main"} for kind, host in HOSTS.items()]
-    cfg = make_config(pol, fetch={"allow_networks": ["127.0.0.1/32"], "timeout_ms": 3000}, instances=instances)
-    client = await start(aiohttp_client, cfg)
-    return Env(client, backend, media)
-
-
-def multipart(*files: tuple[str, str, bytes], extra: dict[str, str] | None = None) -> aiohttp.FormData:
-    fd = aiohttp.FormData()
-    for k, v in (extra or {}).items():
-        fd.add_field(k, v)
-    for field, filename, data in files:
-        fd.add_field(field, data, filename=filename, content_type="image/jpeg")
-    return fd
-
-
-# --- pass-through ----------------------------------------------------------------------------------
-
-
-async def test_passthrough_keeps_requests_and_answers(aiohttp_client, aiohttp_server) -> None:
-    env = await make_env(aiohttp_client, aiohttp_server)
-    resp = await env.request("mastodon", "GET", "/api/v1/timelines/home?limit=5&max_id=9",
-                             headers={"Keep-Alive": "timeout=5", "Proxy-Authorization": "Basic x", "Authorization": "Bearer t"})
-    assert resp.status == 200 and resp.headers["X-Backend"] == "yes"
-    assert "X-Secret" not in resp.headers  # named in the backend's Connection header: hop-by-hop
-    seen = env.backend.seen[-1]
-    assert seen.path_qs == "/api/v1/timelines/home?limit=5&max_id=9"
-    assert seen.headers["Host"] == "masto.test" and seen.headers["Authorization"] == "Bearer t"
-    assert seen.headers["X-Forwarded-For"] == "127.0.0.1" and seen.headers["X-Forwarded-Host"] == "masto.test"
-    assert seen.headers["X-Forwarded-Proto"] == "http"
-    assert "Keep-Alive" not in seen.headers and "Proxy-Authorization" not in seen.headers
-    env.backend.status = 503
-    resp = await env.request("mastodon", "DELETE", "/api/v1/statuses/1")
-    assert resp.status == 503 and (await resp.json())["path"] == "/api/v1/statuses/1"
-
-
-async def test_bodies_stream_through_byte_for_byte(aiohttp_client, aiohttp_server) -> None:
-    env = await make_env(aiohttp_client, aiohttp_server)
-    payload = bytes(range(256)) * 20_000  # 5 MB
-    resp = await env.request("mastodon", "POST", "/api/v1/statuses", data=io.BytesIO(payload),
-                             headers={"Content-Length": str(len(payload))})
-    assert resp.status == 200
-    seen = env.backend.seen[-1]
-    assert seen.body == payload and not seen.chunked and seen.headers["Content-Length"] == str(len(payload))
-
-    async def chunks():
-        for i in range(10):
-            yield bytes([i]) * 100_000
-
-    resp = await env.request("mastodon", "PUT", "/api/v1/whatever", data=chunks())
-    seen = env.backend.seen[-1]
-    assert seen.chunked and seen.body == b"".join(bytes([i]) * 100_000 for i in range(10))
-    resp = await env.request("mastodon", "GET", "/big-download?n=3000000")
-    assert resp.status == 200 and await resp.read() == b"x" * 3_000_000
-
-
-async def test_head_and_bodiless_answers_pass(aiohttp_client, aiohttp_server) -> None:
-    env = await make_env(aiohttp_client, aiohttp_server)
-    resp = await env.request("mastodon", "HEAD", "/api/v1/instance")
-    assert resp.status == 200 and await resp.read() == b"" and env.backend.seen[-1].method == "HEAD"
-    env.backend.status = 304
-    resp = await env.request("mastodon", "GET", "/packs/app.js", headers={"If-None-Match": '"abc"'})
-    assert resp.status == 304 and env.backend.seen[-1].headers["If-None-Match"] == '"abc"'
-    env.backend.status = 200
-    resp = await env.request("mastodon", "POST", "/api/v1/statuses", data=b"x" * 70_000, headers={"Expect": "100-continue"})
-    assert resp.status == 200 and env.backend.seen[-1].body == b"x" * 70_000
-
-
-async def test_websocket_upgrade_is_bridged(aiohttp_client, aiohttp_server) -> None:
-    env = await make_env(aiohttp_client, aiohttp_server)
-    async with env.client.ws_connect("/ws", headers={"Host": "masto.test"}, protocols=("access-token-abc",)) as ws:
-        assert ws.protocol == "access-token-abc"
-        await ws.send_str("hello")
-        assert await ws.receive_str() == "echo:hello:127.0.0.1"
-        await ws.send_bytes(b"\x01\x02\x03")
-        assert await ws.receive_bytes() == b"\x03\x02\x01"
-
-
-async def test_unreachable_upstream_is_a_502(aiohttp_client) -> None:
-    cfg = make_config(FACES, instances=[{"name": "m", "kind": "mastodon", "hosts": ["masto.test"],
-                                         "upstream": "http://127.0.0.1:9", "policy": "main"}])
-    client = await start(aiohttp_client, cfg)
-    resp = await client.get("/api/v1/instance", headers={"Host": "masto.test"})
-    assert resp.status == 502
-
-
-async def test_api_answers_only_on_unclaimed_hosts(aiohttp_client, aiohttp_server) -> None:
-    env = await make_env(aiohttp_client, aiohttp_server)
-    assert (await env.client.get("/healthz")).status == 200
-    resp = await env.request("mastodon", "GET", "/healthz")
-    assert resp.status == 200 and (await resp.json())["path"] == "/healthz"  # the backend's, not ours
+from proxy.multipart import parse
+from proxy.server import CONTEXT
+from tests.support import httpsig
+from tests.support.hosts import HITS
+from tests.support.photos import photo
+from tests.support.servers import FIXTURES, KEY, PEM, audit_rows, deliver, delivery, drain, make_env, multipart
 
 
 # --- uploads ---------------------------------------------------------------------------------------
@@ -208,8 +79,6 @@ async def test_pictrs_strip_forwards_the_other_files_untouched(aiohttp_client, a
     files = [("images[]", "1.jpg", photo("coffee")), ("images[]", "2.jpg", photo("astronaut")), ("images[]", "3.jpg", photo("rocket"))]
     resp = await env.request("pictrs", "POST", "/image", data=multipart(*files))
     assert resp.status == 200
-    from proxy.multipart import parse
-
     seen = env.backend.seen[-1]
     mp = parse(seen.body, seen.headers["Content-Type"])
     assert [p.content(seen.body) for p in mp.parts] == [photo("coffee"), photo("rocket")]
@@ -268,31 +137,6 @@ async def test_ingestion_of_private_addresses_is_refused(aiohttp_client, aiohttp
 
 # --- inboxes ---------------------------------------------------------------------------------------
 
-KEY = httpsig.new_key()
-PEM = httpsig.public_pem(KEY)
-
-
-def delivery(env: Env, attachments: list[str]) -> bytes:
-    doc = json.loads((FIXTURES / "mastodon_create_note.json").read_text())
-    doc.pop("expected")
-    doc["object"]["attachment"] = [{"type": "Document", "mediaType": "image/jpeg", "url": u} for u in attachments]
-    doc["object"]["tag"] = []
-    return json.dumps(doc).encode()
-
-
-async def deliver(env: Env, body: bytes, path: str = "/users/alice/inbox") -> aiohttp.ClientResponse:
-    headers = httpsig.sign(KEY, "https://remote.example/users/bob#main-key", "POST", path, "masto.test", body)
-    env.backend.verify = lambda seen: httpsig.verify(PEM, seen.method, seen.path_qs, seen.headers, seen.body)
-    return await env.client.post(path, data=body, headers=headers)
-
-
-async def drain(env: Env) -> None:
-    ctx = env.client.app[CONTEXT]
-    while ctx.background:
-        await asyncio.gather(*list(ctx.background), return_exceptions=True)
-    await env.client.app[PIPELINE].audit.flush()
-
-
 async def test_clean_signed_delivery_reaches_the_backend_verifiable(aiohttp_client, aiohttp_server) -> None:
     env = await make_env(aiohttp_client, aiohttp_server)
     body = delivery(env, [env.media_url("coffee"), env.media_url("rocket")])
@@ -326,7 +170,7 @@ async def test_inbox_actions(aiohttp_client, aiohttp_server, action: str, status
     # whatever the delivery got, the flagged URL is denied downstream, across restarts too (audit store)
     resp = await env.request("pictrs", "GET", "/image/download", params={"url": flagged})
     assert resp.status == 400 and "reject" in (await resp.json())["msg"]
-    rows = await env.client.app[PIPELINE].audit.query("SELECT url FROM denied_urls")
+    rows = await audit_rows(env.services, "SELECT url FROM denied_urls")
     assert [r["url"] for r in rows] == [flagged]
 
 
@@ -336,7 +180,7 @@ async def test_inbox_without_prefetch_forwards_at_once_and_denies_later(aiohttp_
     resp = await deliver(env, delivery(env, [flagged]))
     assert resp.status == 200
     await drain(env)
-    assert await env.client.app[PIPELINE].url_denial(flagged) is not None
+    assert await env.services.pipeline.url_denial(flagged) is not None
 
 
 async def test_inbox_never_fetches_private_addresses(aiohttp_client, aiohttp_server) -> None:
@@ -346,7 +190,7 @@ async def test_inbox_never_fetches_private_addresses(aiohttp_client, aiohttp_ser
     resp = await deliver(env, delivery(env, private + [env.media_url("coffee")]))
     assert resp.status == 200 and len(env.backend.seen) == 1  # nothing judged flagged: delivered
     await drain(env)
-    pipeline = env.client.app[PIPELINE]
+    pipeline = env.services.pipeline
     for url in private:
         assert (await pipeline.url_denial(url) or "").startswith("blocked"), url
 
@@ -391,18 +235,4 @@ async def test_lemmy_community_inbox_and_unreachable_media(aiohttp_client, aioht
     resp = await env.client.post("/c/pics/inbox", data=body, headers={"Host": "lemmy.test", "Content-Type": "application/activity+json"})
     assert resp.status == 403 and env.backend.seen == []
 
-
-async def test_streaming_large_body_through_the_proxy(aiohttp_client, aiohttp_server) -> None:
-    env = await make_env(aiohttp_client, aiohttp_server)
-    h = hashlib.sha256()
-
-    async def gen():
-        block = bytes(range(256)) * 4096  # 1 MiB
-        for _ in range(64):
-            h.update(block)
-            yield block
-
-    resp = await env.request("mastodon", "POST", "/stream-sink", data=gen())
-    body = await resp.json()
-    assert body == {"sha256": h.hexdigest(), "bytes": 64 * 1024 * 1024}
 

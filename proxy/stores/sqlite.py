@@ -1,4 +1,4 @@
-"""The audit store: one SQLite row per decision (never the media bytes).
+"""The SQLite :class:`VerdictStore` (the embedded default): one row per decision (never the media bytes).
 
 Writes go through a bounded queue to one writer thread, batched, so the event loop never waits on disk.
 The store also warms the verdict cache at start (recent model verdicts), so a restart does not re-judge
@@ -14,9 +14,10 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .base import AuditRow, DeniedUrl, StoredVerdict, VerdictStore
 
 log = logging.getLogger(__name__)
 
@@ -50,43 +51,7 @@ CREATE TABLE IF NOT EXISTS denied_urls (
 COLUMNS = ("ts", "sha256", "source", "instance", "policy", "action", "decided_by", "labels", "scores", "latency_ms", "detail", "url")
 
 
-@dataclass(frozen=True)
-class AuditRow:
-    ts: float
-    sha256: str
-    source: str
-    instance: str
-    policy: str
-    action: str
-    decided_by: str
-    labels: list[str]
-    scores: dict[str, Any]
-    latency_ms: float
-    detail: str | None = None
-    url: str | None = None
-
-    def values(self) -> tuple[Any, ...]:
-        return (
-            self.ts, self.sha256, self.source, self.instance, self.policy, self.action, self.decided_by,
-            json.dumps(self.labels), json.dumps(self.scores), self.latency_ms, self.detail, self.url,
-        )
-
-
-@dataclass(frozen=True)
-class DeniedUrl:
-    """A URL that must not be fetched or stored downstream (an inbox `strip`, a flagged ingestion)."""
-
-    url: str
-    ts: float
-    sha256: str | None
-    policy: str
-    reason: str
-
-    def values(self) -> tuple[Any, ...]:
-        return (self.url, self.ts, self.sha256, self.policy, self.reason)
-
-
-class AuditStore:
+class SqliteStore(VerdictStore):
     def __init__(self, path: str, *, max_pending: int = 10_000, on_drop: Callable[[], None] | None = None) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
@@ -119,7 +84,13 @@ class AuditStore:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
 
-    def record(self, row: AuditRow | DeniedUrl) -> None:
+    def record(self, row: AuditRow) -> None:
+        self._put(row)
+
+    def deny_url(self, denial: DeniedUrl) -> None:
+        self._put(denial)
+
+    def _put(self, row: AuditRow | DeniedUrl) -> None:
         try:
             self._queue.put_nowait(row)
         except asyncio.QueueFull:
@@ -141,19 +112,17 @@ class AuditStore:
             if denied:
                 self._conn.executemany("INSERT OR REPLACE INTO denied_urls VALUES (?, ?, ?, ?, ?)", denied)
 
-    async def denied_url(self, url: str) -> dict[str, Any] | None:
-        """The denial of ``url`` (by any process sharing this database), or None."""
-        rows = await self.query("SELECT url, ts, sha256, policy, reason FROM denied_urls WHERE url = ?", (url,))
-        return rows[0] if rows else None
+    async def url_denial(self, url: str) -> str | None:
+        rows = await self.query("SELECT reason FROM denied_urls WHERE url = ?", (url,))
+        return str(rows[0]["reason"]) if rows else None
 
-    async def model_verdict(self, sha256: str, policy: str, ttl_s: float) -> dict[str, Any] | None:
-        """The newest model verdict for (sha256, policy) younger than ttl_s, from any process."""
+    async def model_verdict(self, sha256: str, policy: str, ttl_s: float) -> StoredVerdict | None:
         rows = await self.query(
-            "SELECT action, labels, scores FROM decisions WHERE sha256 = ? AND policy = ? AND decided_by = 'model' "
-            "AND ts > ? ORDER BY ts DESC LIMIT 1",
+            "SELECT sha256, policy, action, labels, scores FROM decisions WHERE sha256 = ? AND policy = ? "
+            "AND decided_by = 'model' AND ts > ? ORDER BY ts DESC LIMIT 1",
             (sha256, policy, time.time() - ttl_s),
         )
-        return rows[0] if rows else None
+        return StoredVerdict(**rows[0]) if rows else None
 
     async def _writer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -185,10 +154,10 @@ class AuditStore:
     async def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._query, sql, args)
 
-    async def recent_model_verdicts(self, ttl_s: float, limit: int) -> list[dict[str, Any]]:
-        """The newest model verdict per (sha256, policy) younger than ttl_s (cache warm-up)."""
-        return await self.query(
+    async def recent_model_verdicts(self, ttl_s: float, limit: int) -> list[StoredVerdict]:
+        rows = await self.query(
             "SELECT sha256, policy, action, labels, scores, MAX(ts) AS ts FROM decisions "
             "WHERE decided_by = 'model' AND ts > ? GROUP BY sha256, policy ORDER BY ts DESC LIMIT ?",
             (time.time() - ttl_s, limit),
         )
+        return [StoredVerdict(r["sha256"], r["policy"], r["action"], r["labels"], r["scores"]) for r in rows]

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from tests.photos import photo
+from tests.support.photos import photo
 
 
 class StaticResolver(AbstractResolver):

@@ -1,0 +1,99 @@
+"""One builder for the services every command runs on: metrics, scorer, store, fetcher, pipeline.
+
+``serve``, ``egress`` and ``scan`` (and every later command) call :func:`build_services` and then
+:meth:`Services.start` / :meth:`Services.close`; none builds these parts itself. The health and metrics
+handlers that every server process exposes live here too.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from classifier import Classifier, Scorer
+
+from .config import Config
+from .fetch import Fetcher
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .stores import SqliteStore, VerdictCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    config: Config
+    metrics: Metrics
+    scorer: Scorer
+    store: VerdictCache
+    pipeline: Pipeline
+    fetcher: Fetcher | None
+
+    async def start(self) -> None:
+        """Open the store (warming the verdict cache), start the fetcher, begin loading the models."""
+        warmed = await self.store.open()
+        if warmed:
+            log.info("verdict cache warmed with %d recent verdicts from %s", warmed, self.config.server.audit_db)
+        if self.fetcher is not None:
+            await self.fetcher.start()
+        await self.scorer.start()
+
+    async def close(self) -> None:
+        if self.fetcher is not None:
+            await self.fetcher.close()
+        await self.scorer.close()
+        self.pipeline.close()
+        await self.store.close()
+
+
+def build_scorer(config: Config, metrics: Metrics) -> Scorer:
+    """The in-process classifier for every signal the config's policies read."""
+    signals = set().union(*(p.rules.signals() for p in config.policies.values()))
+    return Classifier(config.classifier, signals, on_batch=metrics.on_batch)
+
+
+def build_services(config: Config, *, persistent: bool = True, fetch: bool = True) -> Services:
+    """``persistent``: use the configured store (audit_db), else memory only (one-shot commands).
+    ``fetch``: a fetcher for URL judgements (inbox media, URL ingestion)."""
+    metrics = Metrics()
+    scorer = build_scorer(config, metrics)
+    metrics.classifier_ready.set_function(lambda: 1.0 if scorer.ready else 0.0)
+    metrics.watch_queues(scorer.queue_depths)
+    backing = None
+    if persistent and config.server.audit_db:
+        backing = SqliteStore(config.server.audit_db, on_drop=metrics.audit_dropped.inc)
+    store = VerdictCache(backing, size=config.server.cache_size, ttl_s=config.server.cache_ttl_s)
+    fetcher = Fetcher(config.fetch) if fetch else None
+    pipeline = Pipeline(config, scorer, store, metrics, fetcher)
+    return Services(config, metrics, scorer, store, pipeline, fetcher)
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: 200 when the scorer is ready, 503 (with the reason) while it is not."""
+    services = request.app[SERVICES]
+    scorer, config = services.scorer, services.config
+    body: dict[str, Any] = {
+        "status": "ok" if scorer.ready else "not_ready",
+        "classifier": scorer.status(),
+        "config": config.source,
+        "instances": [{"name": i.name, "kind": i.kind, "policy": i.policy.name} for i in config.instances],
+    }
+    return web.json_response(body, status=200 if scorer.ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format."""
+    m = request.app[SERVICES].metrics
+    return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
+
+
+def add_health_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,10 @@
+"""One :class:`BackendKind` record per server kind; :data:`KINDS` is what ``instances[].kind`` accepts."""
+
+from collections.abc import Mapping
+
+from . import akkoma, generic, lemmy, mastodon, misskey, pictrs
+from .base import INBOX_PATHS, BackendKind, Interception, Route
+
+KINDS: Mapping[str, BackendKind] = {m.KIND.name: m.KIND for m in (lemmy, pictrs, mastodon, misskey, akkoma, generic)}
+
+__all__ = ["INBOX_PATHS", "KINDS", "BackendKind", "Interception", "Route"]

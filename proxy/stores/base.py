@@ -1,0 +1,103 @@
+"""The :class:`VerdictStore` seam: where verdicts, URL denials and the audit log live.
+
+A store keeps what must outlive a process or be shared between processes: the audit log (one row per
+decision, never the media), model verdicts by (sha256, policy) so repeats are answered at once, and URL
+denials (a URL whose media was refused must not be fetched or stored downstream, by any process sharing
+the store: ``serve`` and ``egress``). SQLite is the embedded default (:mod:`proxy.stores.sqlite`);
+:class:`proxy.stores.memory.VerdictCache` sits in front of any store and answers from memory first.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from ..verdict import Action, DecidedBy, Outcome
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    ts: float
+    sha256: str
+    source: str
+    instance: str
+    policy: str
+    action: str
+    decided_by: str
+    labels: list[str]
+    scores: dict[str, Any]
+    latency_ms: float
+    detail: str | None = None
+    url: str | None = None
+
+    def values(self) -> tuple[Any, ...]:
+        return (
+            self.ts, self.sha256, self.source, self.instance, self.policy, self.action, self.decided_by,
+            json.dumps(self.labels), json.dumps(self.scores), self.latency_ms, self.detail, self.url,
+        )
+
+
+@dataclass(frozen=True)
+class DeniedUrl:
+    """A URL that must not be fetched or stored downstream (an inbox `strip`, a flagged ingestion)."""
+
+    url: str
+    ts: float
+    sha256: str | None
+    policy: str
+    reason: str
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.url, self.ts, self.sha256, self.policy, self.reason)
+
+
+@dataclass(frozen=True)
+class StoredVerdict:
+    """A model verdict as a store keeps it."""
+
+    sha256: str
+    policy: str
+    action: str
+    labels: list[str]
+    scores: dict[str, Any]
+
+    def outcome(self) -> Outcome:
+        return Outcome(action=Action(self.action), decided_by=DecidedBy.MODEL, labels=tuple(self.labels),
+                       scores=self.scores)
+
+
+class VerdictStore(ABC):
+    """Shared state of every process that judges for the same instances."""
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Write what is pending, then release the store."""
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Wait until every record so far is written."""
+
+    @abstractmethod
+    def record(self, row: AuditRow) -> None:
+        """Append an audit row; never blocks (a full writer queue drops and counts)."""
+
+    @abstractmethod
+    def deny_url(self, denial: DeniedUrl) -> None:
+        """Deny a URL for every process sharing the store; never blocks."""
+
+    @abstractmethod
+    async def url_denial(self, url: str) -> str | None:
+        """Why ``url`` is denied, or None."""
+
+    @abstractmethod
+    async def model_verdict(self, sha256: str, policy: str, ttl_s: float) -> StoredVerdict | None:
+        """The newest model verdict for (sha256, policy) younger than ``ttl_s``, from any process."""
+
+    @abstractmethod
+    async def recent_model_verdicts(self, ttl_s: float, limit: int) -> list[StoredVerdict]:
+        """The newest model verdict per (sha256, policy) younger than ``ttl_s`` (cache warm-up)."""

@@ -1,0 +1,80 @@
+"""The in-memory cache in front of a :class:`VerdictStore` (or alone, for one-shot commands).
+
+Answers model verdicts and URL denials from memory first and asks the store only on a miss, so another
+process's verdict (``egress`` and ``serve`` share a store) is found too. Verdicts of URLs are kept here
+only: a URL's bytes may change, its sha256 verdict lives on in the store.
+"""
+
+from __future__ import annotations
+
+from cachetools import TTLCache
+
+from ..verdict import Outcome
+from .base import AuditRow, DeniedUrl, VerdictStore
+
+
+class VerdictCache:
+    def __init__(self, store: VerdictStore | None, *, size: int, ttl_s: float) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self.size = size
+        self._verdicts: TTLCache[tuple[str, str], Outcome] = TTLCache(maxsize=size, ttl=ttl_s)
+        self._urls: TTLCache[tuple[str, str], Outcome] = TTLCache(maxsize=size, ttl=ttl_s)
+        self._denials: TTLCache[str, str] = TTLCache(maxsize=size, ttl=ttl_s)
+
+    async def open(self) -> int:
+        """Open the store and warm the cache with its recent model verdicts; how many were loaded."""
+        if self.store is None:
+            return 0
+        await self.store.open()
+        rows = await self.store.recent_model_verdicts(self.ttl_s, self.size)
+        for row in rows:
+            self._verdicts[(row.sha256, row.policy)] = row.outcome()
+        return len(rows)
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()
+
+    async def flush(self) -> None:
+        if self.store is not None:
+            await self.store.flush()
+
+    async def verdict(self, sha256: str, policy: str) -> Outcome | None:
+        """A model verdict for these bytes under this policy, from memory or from the store."""
+        found = self._verdicts.get((sha256, policy))
+        if found is None and self.store is not None:
+            row = await self.store.model_verdict(sha256, policy, self.ttl_s)
+            if row is not None:
+                found = self._verdicts[(sha256, policy)] = row.outcome()
+        return found
+
+    def remember(self, sha256: str, policy: str, outcome: Outcome) -> None:
+        """Keep a model verdict (the store has it through its audit row)."""
+        self._verdicts[(sha256, policy)] = outcome
+
+    def forget(self, sha256: str, policy: str) -> None:
+        self._verdicts.pop((sha256, policy), None)
+
+    def url_verdict(self, url: str, policy: str) -> Outcome | None:
+        return self._urls.get((url, policy))
+
+    def remember_url(self, url: str, policy: str, outcome: Outcome) -> None:
+        self._urls[(url, policy)] = outcome
+
+    async def url_denial(self, url: str) -> str | None:
+        reason = self._denials.get(url)
+        if reason is None and self.store is not None:
+            reason = await self.store.url_denial(url)
+            if reason is not None:
+                self._denials[url] = reason
+        return reason
+
+    def deny_url(self, denial: DeniedUrl) -> None:
+        self._denials[denial.url] = denial.reason
+        if self.store is not None:
+            self.store.deny_url(denial)
+
+    def record(self, row: AuditRow) -> None:
+        if self.store is not None:
+            self.store.record(row)

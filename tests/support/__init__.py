@@ -1,0 +1,1 @@
+"""Helpers the tests share: photos, media makers, configs, loopback servers, HTTP signatures."""
