@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/fedi-filter serve --config $(CONFIG)
 
-# Type check, the default suite, then the slow tests (real processes of serve and egress): what CI runs.
+# Lint, type check, the default suite, then the slow tests (real processes of serve and egress): what CI runs.
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -rs -m "not slow"
 	$(BIN)/python -m pytest -q -rs -m slow

@@ -12,13 +12,14 @@ import argparse
 import asyncio
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import PHOTOS, machine, peak_rss_mb, photo_image  # noqa: E402
-from classifier import Classifier, ClassifierSettings, ClipSettings  # noqa: E402
-from classifier.sources import ClipSource  # noqa: E402
+from bench.common import PHOTOS, machine, peak_rss_mb, photo_image
+from classifier import Classifier, ClassifierSettings
+from classifier.sources import ClipSource
 
 PROMPTS = {"a photo of a cat", "a rocket", "a cup of coffee", "a portrait", "a clock"}
 
@@ -57,8 +58,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="rounds of 32 concurrent requests")
     args = ap.parse_args()
 
-    clip = ClipSettings(model=args.model, pretrained=args.pretrained, device=args.device)
-    src = ClipSource(clip)
+    base = ClassifierSettings(model=args.model, pretrained=args.pretrained, device=args.device)
+    src = ClipSource(base.clip)
     src.set_prompts(PROMPTS)
     print(f"machine: {machine()}")
     print(f"model: {args.model} ({args.pretrained or 'random weights'}) on {src.describe()['device']} "
@@ -67,8 +68,8 @@ def main() -> None:
         print(f"batch {batch:>2}: {images_per_second(src, batch, max(args.images, batch)):7.1f} images/s")
     del src
 
-    one = asyncio.run(concurrent(ClassifierSettings(clip=clip, max_batch=1, max_wait_ms=0), 32, args.rounds))
-    dyn = asyncio.run(concurrent(ClassifierSettings(clip=clip, max_batch=32, max_wait_ms=5), 32, args.rounds))
+    one = asyncio.run(concurrent(replace(base, max_batch=1, max_wait_ms=0), 32, args.rounds))
+    dyn = asyncio.run(concurrent(replace(base, max_batch=32, max_wait_ms=5), 32, args.rounds))
     print(f"32 concurrent requests, one at a time (max_batch=1): {one:7.1f} images/s")
     print(f"32 concurrent requests, dynamic batching (max_batch=32, max_wait_ms=5): {dyn:7.1f} images/s")
     print(f"dynamic batching speedup: {dyn / one:.2f}x")

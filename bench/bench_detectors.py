@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import PHOTOS, machine, peak_rss_mb, photo_image  # noqa: E402
-from classifier.detectors import DETECTORS  # noqa: E402
+from bench.common import PHOTOS, machine, peak_rss_mb, photo_image
+from classifier.detectors import DETECTORS
 
 
 def main() -> None:

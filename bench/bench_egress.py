@@ -20,13 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp  # noqa: E402
-import yaml  # noqa: E402
-from aiohttp import web  # noqa: E402
+import aiohttp
+import yaml
+from aiohttp import web
 
-from bench.common import PHOTOS, machine, pct, peak_rss_mb, photo_image  # noqa: E402
-from proxy.config import parse_config  # noqa: E402
-from proxy.egress import Egress  # noqa: E402
+from bench.common import PHOTOS, machine, pct, peak_rss_mb, photo_image
+from proxy.config import parse_config
+from proxy.egress import Egress
 
 
 def media_app(n_images: int) -> web.Application:

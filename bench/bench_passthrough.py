@@ -23,11 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp  # noqa: E402
-import yaml  # noqa: E402
-from aiohttp import web  # noqa: E402
+import aiohttp
+import yaml
+from aiohttp import web
 
-from bench.common import machine, pct  # noqa: E402
+from bench.common import machine, pct
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = bytes(range(256)) * 4096  # 1 MiB
@@ -116,7 +116,8 @@ async def main() -> None:
         "server": {"listen": f"127.0.0.1:{pport}", "audit_db": ""},
         "classifier": {"model": "ffp-tiny-clip", "pretrained": "random", "device": "cpu"},
         "policies": {"p": {"concepts": {"c": {"prompts": {"a cat": 1.0}}}, "labels": {"l": {"all": [{"concept": "c"}]}}}},
-        "instances": [{"name": "social", "kind": "mastodon", "hosts": ["social.test"], "upstream": f"http://127.0.0.1:{bport}", "policy": "p"}],
+        "instances": [{"name": "social", "kind": "mastodon", "hosts": ["social.test"],
+                       "upstream": f"http://127.0.0.1:{bport}", "policy": "p"}],
     }
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         yaml.safe_dump(cfg, fh)

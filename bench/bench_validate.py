@@ -18,13 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp  # noqa: E402
-import yaml  # noqa: E402
-from aiohttp import web  # noqa: E402
+import aiohttp
+import yaml
+from aiohttp import web
 
-from bench.common import PHOTOS, machine, pct, peak_rss_mb, photo_image  # noqa: E402
-from proxy.config import parse_config  # noqa: E402
-from proxy.server import CLASSIFIER, build_app  # noqa: E402
+from bench.common import PHOTOS, machine, pct, peak_rss_mb, photo_image
+from proxy.config import parse_config
+from proxy.app import SERVICES
+from proxy.server import build_app
 
 
 def unique_jpegs(n: int) -> list[bytes]:
@@ -64,7 +65,7 @@ async def run(args: argparse.Namespace, raw_config: dict, label: str) -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    await app[CLASSIFIER].wait_ready()
+    await app[SERVICES].scorer.wait_ready()
     url = f"http://127.0.0.1:{port}/api/v1/validate"
     bodies = unique_jpegs(args.requests)
     sem = asyncio.Semaphore(args.concurrency)

@@ -7,7 +7,7 @@ import platform
 import resource
 import statistics
 
-from tests.photos import CORPUS, photo_image  # noqa: F401  (re-exported for the scripts)
+from tests.support.photos import CORPUS, photo_image  # noqa: F401  (re-exported for the scripts)
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "horse", "coins", "moon", "clock", "colorwheel")
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CORPUS, photo_image  # noqa: E402
-from classifier import Classifier  # noqa: E402
-from classifier.detectors import DETECTORS  # noqa: E402
-from proxy.config import load_config  # noqa: E402
+from bench.common import CORPUS, photo_image
+from classifier import Classifier
+from classifier.detectors import DETECTORS
+from proxy.config import load_config
 
 
 async def main() -> None:
@@ -58,7 +58,8 @@ async def main() -> None:
         for rule in policy.rules.labels:
             flagged = [CORPUS[i] for i, r in enumerate(results) if rule.name in r.labels]
             rate = 100 * len(flagged) / len(CORPUS)
-            print(f"  label {rule.name!r} ({policy.actions.get(rule.name, 'accept')}): {len(flagged)}/{len(CORPUS)} = {rate:.1f}% {flagged or ''}")
+            action = policy.actions.get(rule.name, "accept")
+            print(f"  label {rule.name!r} ({action}): {len(flagged)}/{len(CORPUS)} = {rate:.1f}% {flagged or ''}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+import contextlib
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -67,10 +68,8 @@ class DynamicBatcher(Generic[T, R]):
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         while not self._queue.empty():
             item = self._queue.get_nowait()
@@ -126,6 +125,6 @@ class DynamicBatcher(Generic[T, R]):
                 continue
             if self._on_batch is not None:
                 self._on_batch(len(batch), time.perf_counter() - started)
-            for item, result in zip(batch, results):
+            for item, result in zip(batch, results, strict=True):
                 if not item.future.done():
                     item.future.set_result(result)

@@ -22,6 +22,7 @@ from .batcher import DynamicBatcher
 from .detectors import DETECTORS
 from .rules import CLIP_SOURCE, Signal
 from .sources import ClipSettings, ClipSource, SignalSource, SourceLoadError
+import contextlib
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else f"expected a positive number, got {value}"
 
 
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else f"expected 0 or more, got {value}"
+
+
 def _device(value: str) -> str | None:
     return None if re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) else f"expected auto, cpu, cuda or cuda:N, got {value!r}"
 
@@ -60,11 +65,11 @@ class ClassifierSettings:
     device: str = _doc("auto", "auto | cpu | cuda | cuda:N ; CUDA runs in bf16 (fp16 on older GPUs)", check=_device)
     seed: int = _doc(0, "only for pretrained: random (tests)")
     max_batch: int = _doc(32, "frames per model call at most", check=_positive)
-    max_wait_ms: float = _doc(5.0, "how long the first frame of a batch waits for company", check=lambda v: None if v >= 0 else "expected 0 or more")
+    max_wait_ms: float = _doc(5.0, "how long the first frame of a batch waits for company", check=_non_negative)
     max_queue: int = _doc(1024, "frames waiting per model; past it requests get on_error (overload)", check=_positive)
     preprocess_workers: int = _doc(2, "threads preparing model inputs", check=_positive)
     detector_threads: int = _doc(0, "onnxruntime threads per detector (0 = onnxruntime's choice)",
-                                 check=lambda v: None if v >= 0 else "expected 0 or more")
+                                 check=_non_negative)
 
     @property
     def clip(self) -> ClipSettings:
@@ -186,10 +191,8 @@ class Classifier:
     async def close(self) -> None:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._load_task
-            except asyncio.CancelledError:
-                pass
         for batcher in self.batchers.values():
             await batcher.close()
         self._prep_pool.shutdown(wait=False, cancel_futures=True)
@@ -211,7 +214,7 @@ class Classifier:
                 for w in waiting:
                     w.cancel()
                 raise
-            for scores, result in zip(per_frame, results):
+            for scores, result in zip(per_frame, results, strict=True):
                 for key, value in result.items():
                     scores[(name, key)] = value
 

@@ -138,7 +138,7 @@ class ClipSource(SignalSource):
             with torch.inference_mode(), self._autocast():
                 emb = self.model.encode_text(tokens).float()
             emb = emb / emb.norm(dim=-1, keepdim=True)
-            for prompt, vec in zip(new, emb):
+            for prompt, vec in zip(new, emb, strict=True):
                 self._text[prompt] = vec
         self._prompts = sorted(prompts | set(self._prompts))
         self._text_matrix = torch.stack([self._text[p] for p in self._prompts]) if self._prompts else None
@@ -159,4 +159,4 @@ class ClipSource(SignalSource):
         if self._text_matrix is None:
             return [{} for _ in batch]
         sims = (emb @ self._text_matrix.T).cpu().tolist()
-        return [dict(zip(self._prompts, row)) for row in sims]
+        return [dict(zip(self._prompts, row, strict=True)) for row in sims]

@@ -15,6 +15,7 @@ from .app import build_services
 from .config import ConfigError, load_config
 from .egress import serve_egress
 from .server import build_app
+import contextlib
 
 
 def _setup_logging(level: str) -> None:
@@ -35,10 +36,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_egress(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_egress(config))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -239,8 +239,7 @@ class Policy:
         key = kind.policy_key
         if key is None:
             return Action.REJECT
-        choice: Fallback = getattr(self, key)
-        return choice.action
+        return Fallback(getattr(self, key)).action
 
 
 def _policies(value: Any, path: str, ctx: Context) -> dict[str, Policy]:

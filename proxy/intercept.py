@@ -112,7 +112,7 @@ async def upload(ctx: Context, request: web.Request, instance: Instance, route: 
     verdicts = await asyncio.gather(
         *(ctx.pipeline.judge(form.parts[i].content(body), instance, "upload") for i in media)
     )
-    refused = {i: v for i, v in zip(media, verdicts) if not v.accepted}
+    refused = {i: v for i, v in zip(media, verdicts, strict=True) if not v.accepted}
     if not refused:
         ctx.metrics.uploads.labels(instance.name, "forwarded").inc()
         return await ctx.forwarder.forward(request, instance, body=body)

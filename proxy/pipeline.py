@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 from classifier import ClassifierNotReady, Overloaded, Scorer, Signal
@@ -51,13 +51,13 @@ def _group_scores(scores: Mapping[Signal, float]) -> dict[str, dict[str, float]]
 
 class Pipeline:
     def __init__(self, config: Config, scorer: Scorer, store: VerdictCache, metrics: Metrics,
-                 fetcher: Fetcher | None = None) -> None:
+                 fetcher: Fetcher | None = None, *, decode_pool: Executor | None = None) -> None:
         self.config = config
         self.scorer = scorer
         self.store = store
         self.metrics = metrics
         self.fetcher = fetcher
-        self._pool = ThreadPoolExecutor(max_workers=config.server.decode_workers, thread_name_prefix="decode")
+        self._pool = decode_pool or ThreadPoolExecutor(max_workers=config.server.decode_workers, thread_name_prefix="decode")
         self._inflight: dict[tuple[str, str], asyncio.Task[Outcome]] = {}
 
     def close(self) -> None:

@@ -42,7 +42,7 @@ def test_batched_scores_equal_single_scores() -> None:
     images = [Image.fromarray(photo_array(n)) for n in ("coffee", "rocket", "chelsea")]
     prepared = [src.preprocess(im) for im in images]
     batched = src.run(prepared)
-    for p, row in zip(prepared, batched):
+    for p, row in zip(prepared, batched, strict=True):
         single = src.run([p])[0]
         for key in row:
             assert row[key] == pytest.approx(single[key], abs=1e-5)
@@ -107,7 +107,7 @@ def test_open_nsfw_scores_match_the_package() -> None:
     ref = NSFWClassifier()
     images = [Image.fromarray(photo_array(n)) for n in ("coffee", "astronaut", "retina")]
     ours = src.run([src.preprocess(im) for im in images])
-    for im, row in zip(images, ours):
+    for im, row in zip(images, ours, strict=True):
         assert row["nsfw"] == pytest.approx(ref.classify(im).nsfw, abs=1e-5)
 
 
@@ -130,7 +130,7 @@ async def test_classifier_scores_frames_from_several_sources_concurrently() -> N
     results = await asyncio.gather(*(c.score(frames, {"clip", "open_nsfw", "nudenet"}) for _ in range(3)))
     await c.close()
     for other in results[1:]:  # batch composition may move the last float bits, nothing more
-        for a, b in zip(results[0], other):
+        for a, b in zip(results[0], other, strict=True):
             assert a.keys() == b.keys()
             assert all(a[k] == pytest.approx(b[k], abs=1e-4) for k in a)
     astro, coffee = results[0]

@@ -120,7 +120,7 @@ def test_egress_command_serves_as_a_proxy(tmp_path: Path) -> None:
     images = {"/coffee.jpg": photo("coffee"), "/astronaut.jpg": photo("astronaut")}
 
     class Media(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             body = images[self.path]
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")

@@ -158,3 +158,51 @@ def test_default_csam_rules_combine_as_horde_safety_does() -> None:
     assert labels(infant=0.2, infants=0.2, toddler=0.2, porn=0.21) == {"csam", "nsfw"}
     assert labels(infant=0.2, infants=0.2, toddler=0.2, porn=0.21, pregnant=0.22) == {"nsfw"}
     assert labels(teen=0.22, teens=0.22, tween=0.19, naked=0.2, east_asian=0.25) == {"nsfw"}
+
+
+# --- the reference config and the schema agree -------------------------------------------------------
+
+
+def _schema_keys(cls: type) -> set[str]:
+    from proxy.schema import yaml_fields
+
+    return {key for key, _ in yaml_fields(cls)}
+
+
+def test_reference_config_lists_every_key_with_its_default() -> None:
+    """examples/config.reference.yaml documents every key the dataclasses declare, each with its default."""
+    import dataclasses
+
+    import yaml
+
+    from proxy import config as c
+    from proxy.schema import default_of
+
+    raw = yaml.safe_load((ROOT / "examples" / "config.reference.yaml").read_text())
+    loaded = load_config(ROOT / "examples" / "config.reference.yaml")
+    sections = {"server": (c.ServerConfig, loaded.server), "classifier": (c.ClassifierSettings, loaded.classifier),
+                "fetch": (c.FetchConfig, loaded.fetch), "egress": (c.EgressConfig, loaded.egress)}
+    assert set(raw) == _schema_keys(c.Config)
+    for name, (cls, value) in sections.items():
+        assert set(raw[name]) == _schema_keys(cls), name
+        assert value == cls(), f"{name}: the reference shows other values than the defaults"
+    policy_raw = next(iter(raw["policies"].values()))
+    assert set(policy_raw) == _schema_keys(c.Policy)
+    assert set(policy_raw["limits"]) == _schema_keys(c.MediaLimits)
+    assert set(policy_raw["allow"]) == set(policy_raw["deny"]) == _schema_keys(c.HashListConfig)
+    pol = next(iter(loaded.policies.values()))
+    assert pol.limits == c.MediaLimits()
+    for f in dataclasses.fields(c.Policy):
+        if f.name in ("inbox", "on_error", "on_invalid", "on_unsupported", "prefetch", "inbox_timeout_ms", "timeout_ms",
+                      "reject_status", "quarantine_dir"):
+            assert getattr(pol, f.name) == default_of(f), f.name
+    assert set(raw["instances"][0]) == _schema_keys(c.Instance)
+
+
+def test_every_key_has_a_doc() -> None:
+    from proxy import config as c
+    from proxy.schema import yaml_fields
+
+    for cls in c.reference_fields().values():
+        for key, f in yaml_fields(cls):
+            assert f.metadata.get("doc"), f"{cls.__name__}.{key} has no doc"

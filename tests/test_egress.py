@@ -76,9 +76,8 @@ def client_ssl(tmp_path: Path) -> ssl.SSLContext:
 
 
 async def get(proxy: str, url: str, **kw: Any) -> tuple[int, bytes, Any]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url, proxy=proxy, **kw) as resp:
-            return resp.status, await resp.read(), resp.headers
+    async with aiohttp.ClientSession() as session, session.get(url, proxy=proxy, **kw) as resp:
+        return resp.status, await resp.read(), resp.headers
 
 
 async def test_clean_media_passes_byte_identical_and_flagged_is_403(egress, aiohttp_server) -> None:
@@ -173,7 +172,7 @@ async def test_a_url_stripped_from_an_inbox_is_refused_by_egress(tmp_path, ca, a
     resp = await deliver(env, delivery(env, [flagged]))
     assert resp.status == 200 and len(backend.seen) == 1  # strip: delivered untouched
     await drain(env)
-    async for e, proxy in running(raw):
+    async for _e, proxy in running(raw):
         status, _, headers = await get(proxy, flagged)
         assert status == 403 and headers["X-Fedi-Filter"].startswith("denied")
     assert media.app[HITS] == {"astronaut": 1}  # fetched once, by serve's inbox prefetch

@@ -90,7 +90,8 @@ async def test_pictrs_strip_forwards_the_other_files_untouched(aiohttp_client, a
 
 async def test_misskey_drive_upload_error_shape(aiohttp_client, aiohttp_server) -> None:
     env = await make_env(aiohttp_client, aiohttp_server)
-    resp = await env.request("misskey", "POST", "/api/drive/files/create", data=multipart(("file", "a.jpg", photo("astronaut")), extra={"i": "token"}))
+    form = multipart(("file", "a.jpg", photo("astronaut")), extra={"i": "token"})
+    resp = await env.request("misskey", "POST", "/api/drive/files/create", data=form)
     body = await resp.json()
     assert resp.status == 400 and body["error"]["code"] == "MEDIA_REFUSED" and body["error"]["kind"] == "client"
     assert env.backend.seen == []
@@ -156,7 +157,8 @@ async def test_a_tampered_delivery_fails_the_backends_check(aiohttp_client, aioh
     assert resp.status == 401
 
 
-@pytest.mark.parametrize(("action", "status", "forwarded"), [("reject", 403, False), ("drop", 202, False), ("strip", 200, True), ("pass", 200, True)])
+@pytest.mark.parametrize(("action", "status", "forwarded"),
+                         [("reject", 403, False), ("drop", 202, False), ("strip", 200, True), ("pass", 200, True)])
 async def test_inbox_actions(aiohttp_client, aiohttp_server, action: str, status: int, forwarded: bool) -> None:
     env = await make_env(aiohttp_client, aiohttp_server, inbox=action)
     flagged = env.media_url("astronaut")

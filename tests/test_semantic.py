@@ -47,7 +47,8 @@ CLIP_WEIGHTS = os.environ.get("FFP_CLIP_WEIGHTS")
 
 
 @pytest.mark.weights
-@pytest.mark.skipif(not CLIP_WEIGHTS, reason="real CLIP weights not available: set FFP_CLIP_WEIGHTS=/path/to/weights (and FFP_CLIP_MODEL) to run")
+@pytest.mark.skipif(not CLIP_WEIGHTS, reason="real CLIP weights not available: "
+                    "set FFP_CLIP_WEIGHTS=/path/to/weights (and FFP_CLIP_MODEL) to run")
 async def test_cat_standin_with_real_clip_weights(aiohttp_client) -> None:
     cats = {
         "concepts": {"cat": {"prompts": {"a photo of a cat": float(os.environ.get("FFP_CAT_THRESHOLD", "0.25"))}}},

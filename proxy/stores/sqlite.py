@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import AuditRow, DeniedUrl, StoredVerdict, VerdictStore
+import contextlib
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,8 @@ class SqliteStore(VerdictStore):
         if self._task is not None:
             await self.flush()
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self._conn is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
@@ -144,7 +143,7 @@ class SqliteStore(VerdictStore):
         names = [d[0] for d in cur.description]
         out = []
         for row in cur.fetchall():
-            item = dict(zip(names, row))
+            item = dict(zip(names, row, strict=True))
             for key in ("labels", "scores"):
                 if key in item:
                     item[key] = json.loads(item[key])

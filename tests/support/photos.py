@@ -29,7 +29,7 @@ def photo_array(name: str) -> np.ndarray:
         from sklearn.datasets import load_sample_images
 
         images = load_sample_images()
-        return next(img for fn, img in zip(images.filenames, images.images) if Path(fn).stem == name)
+        return next(img for fn, img in zip(images.filenames, images.images, strict=True) if Path(fn).stem == name)
     from skimage import data
 
     return np.asarray(getattr(data, name)())

@@ -1,0 +1,83 @@
+"""Verdict stores: SQLite shared by two processes' caches, the in-memory cache in front."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from proxy.stores import AuditRow, DeniedUrl, SqliteStore, VerdictCache
+from proxy.verdict import Action, DecidedBy
+
+
+def row(sha256: str, action: str = "reject", decided_by: str = "model", policy: str = "p") -> AuditRow:
+    return AuditRow(ts=time.time(), sha256=sha256, source="validate", instance="i", policy=policy, action=action,
+                    decided_by=decided_by, labels=["flagged"], scores={"clip": {"x": 0.3}}, latency_ms=1.0)
+
+
+async def test_two_caches_on_one_store_share_verdicts_and_denials(tmp_path: Path) -> None:
+    path = str(tmp_path / "audit.sqlite3")
+    serve = VerdictCache(SqliteStore(path), size=100, ttl_s=3600)
+    egress = VerdictCache(SqliteStore(path), size=100, ttl_s=3600)
+    await serve.open()
+    await egress.open()
+    try:
+        serve.record(row("a" * 64))
+        serve.record(row("b" * 64, decided_by="cache"))  # only model verdicts are reused
+        serve.deny_url(DeniedUrl("https://x.example/a.jpg", time.time(), "a" * 64, "p", "reject: flagged"))
+        await serve.flush()
+        found = await egress.verdict("a" * 64, "p")
+        assert found is not None and found.action is Action.REJECT and found.decided_by is DecidedBy.MODEL
+        assert found.labels == ("flagged",) and found.scores == {"clip": {"x": 0.3}}
+        assert await egress.verdict("a" * 64, "other-policy") is None
+        assert await egress.verdict("b" * 64, "p") is None
+        assert await egress.url_denial("https://x.example/a.jpg") == "reject: flagged"
+        assert await egress.url_denial("https://x.example/b.jpg") is None
+    finally:
+        await serve.close()
+        await egress.close()
+
+
+async def test_a_restart_warms_the_cache_from_the_store(tmp_path: Path) -> None:
+    path = str(tmp_path / "audit.sqlite3")
+    first = VerdictCache(SqliteStore(path), size=100, ttl_s=3600)
+    await first.open()
+    first.record(row("c" * 64, action="accept"))
+    await first.close()
+    second = VerdictCache(SqliteStore(path), size=100, ttl_s=3600)
+    assert await second.open() == 1
+    await second.close()
+    expired = VerdictCache(SqliteStore(path), size=100, ttl_s=0.001)
+    time.sleep(0.01)
+    assert await expired.open() == 0  # past the TTL: judged again
+    await expired.close()
+
+
+async def test_memory_only_cache_keeps_what_it_is_told() -> None:
+    cache = VerdictCache(None, size=10, ttl_s=60)
+    assert await cache.open() == 0
+    assert await cache.verdict("d" * 64, "p") is None
+    from proxy.verdict import Outcome
+
+    cache.remember("d" * 64, "p", Outcome(Action.ACCEPT, DecidedBy.MODEL))
+    assert (await cache.verdict("d" * 64, "p")) == Outcome(Action.ACCEPT, DecidedBy.MODEL)
+    cache.forget("d" * 64, "p")
+    assert await cache.verdict("d" * 64, "p") is None
+    cache.deny_url(DeniedUrl("u", time.time(), None, "p", "why"))
+    assert await cache.url_denial("u") == "why"
+    cache.record(row("e" * 64))  # no store: nothing to write, nothing raised
+    await cache.close()
+
+
+async def test_a_full_writer_queue_drops_and_counts(tmp_path: Path) -> None:
+    dropped: list[int] = []
+    store = SqliteStore(str(tmp_path / "a.sqlite3"), max_pending=2, on_drop=lambda: dropped.append(1))
+    await store.open()
+    try:
+        for i in range(10):  # no await in between: the writer cannot drain
+            store.record(row(f"{i:064x}"))
+        assert len(dropped) >= 7
+        await store.flush()
+        rows = await store.query("SELECT COUNT(*) AS n FROM decisions")
+        assert rows[0]["n"] == 10 - len(dropped)
+    finally:
+        await store.close()
