@@ -2,24 +2,30 @@
 
 Pure functions over parsed JSON. Covered: ``attachment[]`` (Image, Document, Video, Audio, Link; ``url``
 as a string, a Link, or a list of either; Link ``href``), ``image`` (headers, banners, post thumbnails),
-``icon`` (avatars, community icons, emoji), ``preview``, Emoji ``tag[].icon``, and ``<img src>`` in
-``content``/``summary``/``contentMap``. Nested ``object``s (Create, Update, Announce, arrays) are walked,
-with bounds on depth and size so a hostile document cannot make the walk expensive.
+``icon`` (avatars, community icons, emoji), ``preview``, Emoji ``tag[].icon``, and ``<img src|srcset>``
+in ``content``/``summary``/``contentMap``. Nested ``object``s (Create, Update, Announce, arrays) are
+walked. An ``object`` given only by its URL (every Mastodon boost) is listed in
+:attr:`Extraction.objects`: the backend will fetch it, and so must we.
 
-An object's own ``url`` (the page of a post, a PeerTube video's stream files) is not media the backend
-stores, so it is not collected.
+The walk has no limit an attacker can reach before the media: it visits every node, and a document past
+the node or depth bound is reported as :attr:`Extraction.problem` (the caller fails closed), never cut
+short silently. An object's own ``url`` (the page of a post, a PeerTube video's stream files) is not
+media the backend stores, so it is not collected.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
+from urllib.parse import urlsplit
 
 MEDIA_KEYS = ("attachment", "image", "icon", "preview")
 HTML_KEYS = ("content", "summary")
-MAX_DEPTH = 12
-MAX_NODES = 5000
+OBJECT_ACTIVITIES = frozenset({"Announce", "Create", "Update", "Add"})
+MAX_DEPTH = 32
+MAX_NODES = 20_000
 
 
 class _ImgSrc(HTMLParser):
@@ -28,10 +34,15 @@ class _ImgSrc(HTMLParser):
         self.srcs: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "img":
-            for key, value in attrs:
-                if key == "src" and value:
-                    self.srcs.append(value)
+        if tag != "img":
+            return
+        for key, value in attrs:
+            if not value:
+                continue
+            if key == "src":
+                self.srcs.append(value)
+            elif key == "srcset":
+                self.srcs += [c.strip().split()[0] for c in value.split(",") if c.strip()]
 
 
 def img_sources(html: str) -> list[str]:
@@ -46,7 +57,7 @@ def img_sources(html: str) -> list[str]:
 
 def _links(value: Any, depth: int = 0) -> Iterator[str]:
     """URLs of a media field: a string, a Link/Image object (url or href), or a list of those."""
-    if depth > 4:
+    if depth > 8:
         return
     if isinstance(value, str):
         yield value
@@ -59,20 +70,50 @@ def _links(value: Any, depth: int = 0) -> Iterator[str]:
                 yield from _links(value[key], depth + 1)
 
 
-def media_urls(activity: Any, limit: int = 64) -> list[str]:
-    """Every http(s) media URL in ``activity``, first seen first, at most ``limit``."""
-    found: dict[str, None] = {}
+def http_url(raw: str) -> str | None:
+    """``raw`` as an http(s) URL a backend would fetch (scheme case-insensitive), or None."""
+    url = raw.strip()
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:
+        return None
+    if scheme not in ("http", "https"):
+        return None
+    return scheme + url[len(scheme):]
+
+
+@dataclass
+class Extraction:
+    urls: list[str] = field(default_factory=list)
+    """Media URLs, first seen first, each once."""
+    objects: list[str] = field(default_factory=list)
+    """Objects the activity names by URL only (a boost's post): their media is not in the delivery."""
+    problem: str | None = None
+    """Why the walk could not see everything (over the node or depth bound)."""
+
+
+def extract(activity: Any) -> Extraction:
+    """Every media URL (and every object named only by URL) in ``activity``."""
+    out = Extraction()
+    seen: dict[str, None] = {}
     nodes = 0
 
-    def add(url: str) -> None:
-        url = url.strip()
-        if url.startswith(("https://", "http://")) and len(url) <= 4096:
-            found.setdefault(url, None)
+    def add(raw: str) -> None:
+        url = http_url(raw)
+        if url is not None and url not in seen:
+            seen[url] = None
+            out.urls.append(url)
 
     def walk(node: Any, depth: int) -> None:
         nonlocal nodes
         nodes += 1
-        if depth > MAX_DEPTH or nodes > MAX_NODES or len(found) >= limit:
+        if out.problem:
+            return
+        if depth > MAX_DEPTH:
+            out.problem = f"nested deeper than {MAX_DEPTH}"
+            return
+        if nodes > MAX_NODES:
+            out.problem = f"more than {MAX_NODES} nodes"
             return
         if isinstance(node, list):
             for item in node:
@@ -94,9 +135,30 @@ def media_urls(activity: Any, limit: int = 64) -> list[str]:
                 if isinstance(html, str):
                     for src in img_sources(html):
                         add(src)
+        kind = node.get("type")
+        kinds = set(kind) if isinstance(kind, list) else {kind}
+        target = node.get("object")
+        if kinds & OBJECT_ACTIVITIES and isinstance(target, str):
+            obj = http_url(target)
+            if obj is not None and obj not in out.objects:
+                out.objects.append(obj)
         for key, value in node.items():
             if key != "@context" and isinstance(value, (dict, list)):
                 walk(value, depth + 1)
 
     walk(activity, 0)
-    return list(found)[:limit]
+    return out
+
+
+def media_urls(activity: Any) -> list[str]:
+    """Every http(s) media URL in ``activity``, first seen first."""
+    return extract(activity).urls
+
+
+def is_activity(doc: Any) -> bool:
+    """A JSON document with an ActivityStreams ``@context``: an inbox delivery whatever its path."""
+    if not isinstance(doc, dict):
+        return False
+    context = doc.get("@context")
+    items = context if isinstance(context, list) else [context]
+    return any(isinstance(c, str) and "activitystreams" in c for c in items)

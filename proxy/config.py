@@ -91,6 +91,8 @@ class ServerConfig:
     cache_size: int = option(100_000, "verdicts kept in memory (warmed from audit_db at start)", check=positive)
     known_pictrs_ids: tuple[str, ...] = option((), "pictrs-safety compatibility: ids allowed on /api/v1/scan/{id}; [] = any")
     decode_workers: int = option(2, "threads that hash and decode media beside the event loop", check=positive)
+    max_inflight_bytes: int = option(268_435_456, "request bodies held at once for judging (256 MiB); past it a body "
+                                     "waits within the policy timeout, then gets on_error", check=positive)
 
     @property
     def host(self) -> str:

@@ -127,21 +127,22 @@ class Fetcher:
         if self._session is not None:
             await self._session.close()
 
-    async def fetch(self, url: str) -> Fetched:
+    async def fetch(self, url: str, *, accept: str | None = None) -> Fetched:
         """GET ``url`` within the limits. Raises :class:`FetchError`."""
         assert self._session is not None, "Fetcher.start() first"
         try:
             async with asyncio.timeout(self.config.timeout_ms / 1000):
-                return await self._follow(url)
+                return await self._follow(url, accept)
         except TimeoutError:
             raise FetchError("timeout", f"{url}: no answer within {self.config.timeout_ms} ms") from None
 
-    async def _follow(self, url: str) -> Fetched:
+    async def _follow(self, url: str, accept: str | None) -> Fetched:
         assert self._session is not None
+        headers = {"Accept": accept} if accept else None
         for _ in range(self.config.max_redirects + 1):
             check_url(url, self.config.allow_networks)
             try:
-                async with self._session.get(url, allow_redirects=False) as resp:
+                async with self._session.get(url, allow_redirects=False, headers=headers) as resp:
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                         url = urljoin(url, resp.headers["Location"])
                         continue

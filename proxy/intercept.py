@@ -1,36 +1,67 @@
-"""The reverse proxy's interception points: uploads, URL ingestion, inboxes.
+"""The reverse proxy's interception points, gated by content rather than by route.
 
-Each is a peer with one shape: take the request, find its media, call the one verdict pipeline, apply the
-instance's action. Everything a backend kind's route table does not name streams through untouched.
+Every request to a host an instance claims goes through :func:`handle`:
+
+1. **inbox**: a body with an ActivityStreams / JSON-LD type (or JSON with an ActivityStreams
+   ``@context``), or a POST to an inbox path: its media URLs are fetched and judged; reject (403),
+   drop (202), strip (forward, deny downstream) or pass. Never a 5xx of ours: Lemmy retries those forever.
+2. **ingest**: a route whose parameter is a URL the backend will fetch (pict-rs ``/image/download?url=``,
+   Misskey ``upload-from-url``): the URL is fetched SSRF-safe and judged first.
+3. **the content gate**: any other request whose body may carry media (multipart, JSON, forms, raw media,
+   any ``Content-Encoding``) is read whole (bounded, admitted against ``server.max_inflight_bytes``) and
+   every would-be file in it is judged (:func:`proxy.content.find_media`), whatever the path or method.
+   A body we cannot read exactly as the backend would is refused, never forwarded.
+4. everything else streams through untouched.
+
+Routes (matched on every spelling the backends' routers accept, :mod:`proxy.paths`) only tell the
+refusal shape, which parameters are URLs, which paths are inboxes, and which uploads take several files.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+import time
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from .activity import media_urls
+from . import paths
+from .activity import extract, is_activity
+from .admission import ByteBudget, OverBudget
 from .backends import Interception, Route
 from .config import Config, Instance
+from .content import (
+    MAX_PIECES,
+    Piece,
+    Unreadable,
+    data_uris,
+    decode_content,
+    find_media,
+    is_json_type,
+    load_json,
+    may_carry_media,
+)
+from .fetch import FetchError
+from .media import sniff
 from .metrics import Metrics
-from .multipart import MultipartError, parse
+from .multipart import parse
 from .passthrough import Forwarder
 from .pipeline import Pipeline
-from .verdict import Action, InboxAction, Verdict
+from .verdict import Action, ErrorKind, Fallback, InboxAction, Verdict
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
-JSON_INLINE_BYTES = 256 * 1024
-MAX_INGEST_JSON = 64 * 1024
 ROUTE_LABEL = web.RequestKey("ffp_route", str)
 """The metrics label of a reverse-proxied request: passthrough | upload | ingest | inbox."""
+ACTIVITY_TYPES = ("application/activity+json", "application/ld+json")
+MAX_OBJECTS = 4
+"""Objects named only by URL (boosts) fetched per delivery; more than this: the delivery fails closed."""
+SNIFF_BYTES = 64
 
 
 class BodyTooLarge(Exception):
@@ -53,18 +84,14 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def unavailable(instance: Instance, verdict: Verdict) -> web.Response:
-    """No verdict in time and the policy fails closed: a 503 the client may retry."""
-    return instance.backend.refusal(f"media could not be checked, try again later ({verdict.reason})", status=503,
-                                    code="media-unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
-
-
 @dataclass
 class Context:
     config: Config
     pipeline: Pipeline
     forwarder: Forwarder
     metrics: Metrics
+    budget: ByteBudget = field(default_factory=lambda: ByteBudget(256 * 1024 * 1024))
+    """Bytes of request bodies held at once (``server.max_inflight_bytes``)."""
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -87,99 +114,228 @@ class Context:
         await asyncio.gather(*self.background, return_exceptions=True)
 
 
-Interceptor = Callable[[Context, web.Request, Instance, Route], Awaitable[web.StreamResponse]]
+@asynccontextmanager
+async def held_body(ctx: Context, request: web.Request, deadline: float, head: bytes = b"") -> AsyncIterator[bytes]:
+    """The whole body (``head`` already read), its bytes taken from the byte budget while it is held.
+    Raises BodyTooLarge past ``server.max_body_bytes``, OverBudget when no room comes before ``deadline``."""
+    limit = ctx.config.server.max_body_bytes
+    taken = 0
+    try:
+        if request.content_length is not None:
+            if request.content_length > limit:
+                raise BodyTooLarge(limit)
+            await ctx.budget.acquire(request.content_length, deadline)
+            taken = request.content_length
+        chunks = [head] if head else []
+        size = len(head)
+        async for chunk in request.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            if size > taken:
+                await ctx.budget.acquire(size - taken, deadline)
+                taken = size
+            chunks.append(chunk)
+        yield b"".join(chunks)
+    finally:
+        if taken:
+            await ctx.budget.release(taken)
 
 
-async def upload(ctx: Context, request: web.Request, instance: Instance, route: Route) -> web.StreamResponse:
-    """Multipart uploads: judge every media part; forward the original bytes, refuse, or strip parts."""
-    backend = instance.backend
-    if not request.content_type.startswith("multipart/"):
-        # JSON or urlencoded (a profile edit, an alt-text change) carries no file: nothing to judge
-        return await ctx.forwarder.forward(request, instance)
+def unavailable(instance: Instance, verdict: Verdict, route: Route | None = None) -> web.Response:
+    """No verdict in time and the policy fails closed: a 503 the client may retry."""
+    return instance.backend.refusal(f"media could not be checked, try again later ({verdict.reason})", status=503,
+                                    code="media-unavailable", headers={"Retry-After": str(RETRY_AFTER_S)}, route=route)
+
+
+def _deadline(instance: Instance) -> float:
+    return time.monotonic() + instance.policy.timeout_ms / 1000
+
+
+def _overloaded(ctx: Context, instance: Instance, source: str, exc: Exception, route: Route | None) -> web.Response:
+    ctx.metrics.overload.labels("inflight_bytes").inc()
+    verdict = ctx.pipeline.no_verdict(instance, source, ErrorKind.OVERLOADED, f"too many bodies in flight ({exc})")
+    if verdict.accepted:  # on_error: accept, but the body was never read: it cannot be judged, so refuse
+        log.warning("%s for %s: over the in-flight byte budget; refused although on_error=accept", source, instance.name)
+    return unavailable(instance, verdict, route)
+
+
+# --- the content gate --------------------------------------------------------------------------------
+
+
+async def _judge_pieces(ctx: Context, instance: Instance, pieces: list[Piece], source: str) -> list[Verdict]:
+    return list(await asyncio.gather(*(ctx.pipeline.judge(p.data, instance, source) for p in pieces)))
+
+
+async def gate(ctx: Context, request: web.Request, instance: Instance, route: Route | None,
+               body: bytes, source: str = "upload") -> web.StreamResponse:
+    """Judge every would-be file in ``body``; forward the original bytes, strip flagged parts, or refuse."""
+    backend, m = instance.backend, ctx.metrics
+    ctype = request.content_type.lower()
     try:
-        body = await read_body(request, ctx.config.server.max_body_bytes)
-    except BodyTooLarge as exc:
-        ctx.metrics.uploads.labels(instance.name, "too_large").inc()
-        return backend.refusal(str(exc), status=413, code="too-large")
-    try:
-        form = parse(body, request.headers.get("Content-Type"))
-    except MultipartError as exc:
-        # a body we cannot parse is never forwarded: the backend's parser might read media out of it
-        log.warning("upload to %s %s refused: malformed multipart (%s)", instance.name, request.path, exc)
-        ctx.metrics.uploads.labels(instance.name, "malformed").inc()
-        return backend.refusal(f"malformed upload: {exc}", status=400, code="malformed-upload")
-    media = [i for i, p in enumerate(form.parts) if p.name in route.fields or p.filename is not None]
-    verdicts = await asyncio.gather(
-        *(ctx.pipeline.judge(form.parts[i].content(body), instance, "upload") for i in media)
-    )
-    refused = {i: v for i, v in zip(media, verdicts, strict=True) if not v.accepted}
-    if not refused:
-        ctx.metrics.uploads.labels(instance.name, "forwarded").inc()
+        decoded = decode_content(body, request.headers.get("Content-Encoding"), ctx.config.server.max_body_bytes)
+        if is_json_type(ctype) or ctype in ACTIVITY_TYPES:
+            doc = load_json(decoded)
+            if is_activity(doc):
+                return await inbox_body(ctx, request, instance, body, doc)
+        pieces = find_media(decoded, ctype, request.headers.get("Content-Type"), request.query_string)
+    except Unreadable as exc:
+        # never forwarded: the backend's parser might read media out of what we could not read
+        log.warning("%s %s to %s refused: %s", request.method, request.path, instance.name, exc)
+        m.uploads.labels(instance.name, "malformed").inc()
+        return backend.refusal(f"malformed upload: {exc}", status=exc.status, code=exc.code, route=route)
+    if not pieces:
         return await ctx.forwarder.forward(request, instance, body=body)
-    retryable = [v for v in refused.values() if v.retryable]
+    verdicts = await _judge_pieces(ctx, instance, pieces, source)
+    refused = [(p, v) for p, v in zip(pieces, verdicts, strict=True) if not v.accepted]
+    if not refused:
+        m.uploads.labels(instance.name, "forwarded").inc()
+        return await ctx.forwarder.forward(request, instance, body=body)
+    retryable = [v for _, v in refused if v.retryable]
     if retryable:
-        ctx.metrics.uploads.labels(instance.name, "unavailable").inc()
-        return unavailable(instance, retryable[0])
-    kept = len(media) - len(refused)
-    if route.multi and kept and all(v.action is Action.STRIP for v in refused.values()):
-        ctx.metrics.uploads.labels(instance.name, "stripped").inc()
-        log.info("upload to %s: stripped %d of %d files", instance.name, len(refused), len(media))
-        return await ctx.forwarder.forward(request, instance, body=form.without(set(refused)))
-    ctx.metrics.uploads.labels(instance.name, "refused").inc()
-    reasons = sorted({v.reason for v in refused.values()})
-    return backend.refusal(f"media refused: {'; '.join(reasons)}")
+        m.uploads.labels(instance.name, "unavailable").inc()
+        return unavailable(instance, retryable[0], route)
+    strip = _strippable(route, request, body, pieces, refused)
+    if strip is not None:
+        m.uploads.labels(instance.name, "stripped").inc()
+        log.info("upload to %s: stripped %d of %d files", instance.name, len(refused), len(pieces))
+        return await ctx.forwarder.forward(request, instance, body=strip)
+    m.uploads.labels(instance.name, "refused").inc()
+    reasons = sorted({v.reason for _, v in refused})
+    log.info("%s %s to %s refused: %s in %s", request.method, request.path, instance.name, "; ".join(reasons),
+             ", ".join(p.where for p, _ in refused))
+    return backend.refusal(f"media refused: {'; '.join(reasons)}", route=route)
 
 
-async def ingest(ctx: Context, request: web.Request, instance: Instance, route: Route) -> web.StreamResponse:
-    """URL ingestion: fetch and judge the URL before the backend is asked to fetch it."""
-    body: bytes | None = None
+def _strippable(route: Route | None, request: web.Request, body: bytes, pieces: list[Piece],
+                refused: list[tuple[Piece, Verdict]]) -> bytes | None:
+    """The body without the flagged parts, when the route takes several files, every refusal is a
+    ``strip`` of a whole multipart part, no Content-Encoding hides the body, and a file is left to
+    forward; else None (the request is refused)."""
+    if route is None or not route.multi or request.headers.get("Content-Encoding"):
+        return None
+    if not all(v.action is Action.STRIP and p.part is not None and p.whole for p, v in refused):
+        return None
+    drop = {p.part for p, _ in refused if p.part is not None}
+    if not {p.part for p in pieces} - drop:
+        return None
+    return parse(body, request.headers.get("Content-Type")).without(drop)
+
+
+# --- URL ingestion -----------------------------------------------------------------------------------
+
+
+async def ingest(ctx: Context, request: web.Request, instance: Instance, route: Route,
+                 body: bytes | None) -> web.StreamResponse:
+    """URL ingestion: fetch and judge the URL before the backend is asked to fetch it; then the body (if
+    any) goes through the content gate like any other."""
     url: str | None = None
     if route.url_param is not None:
         url = request.query.get(route.url_param)
-    elif route.url_json_key is not None:
+    elif route.url_json_key is not None and body is not None:
         try:
-            body = await read_body(request, MAX_INGEST_JSON)
-            value = json.loads(body).get(route.url_json_key)
-            url = value if isinstance(value, str) else None
-        except BodyTooLarge as exc:
-            return instance.backend.refusal(str(exc), status=413, code="too-large")
-        except (ValueError, AttributeError):
-            url = None  # not our business: the backend answers malformed requests itself
-    if not url:
+            doc = load_json(decode_content(body, request.headers.get("Content-Encoding"),
+                                           ctx.config.server.max_body_bytes))
+        except Unreadable as exc:
+            return instance.backend.refusal(f"malformed upload: {exc}", status=exc.status, code=exc.code, route=route)
+        value = doc.get(route.url_json_key) if isinstance(doc, dict) else None
+        url = value if isinstance(value, str) else None
+    if url:
+        verdict = await ctx.pipeline.judge_url(url, instance, "ingest")
+        if not verdict.accepted:
+            if verdict.retryable:
+                return unavailable(instance, verdict, route)
+            return instance.backend.refusal(f"media refused: {verdict.reason}", route=route)
+    if body is None:
+        return await ctx.forwarder.forward(request, instance)
+    return await gate(ctx, request, instance, route, body, source="ingest")
+
+
+# --- inboxes -----------------------------------------------------------------------------------------
+
+
+async def _fail_closed(ctx: Context, request: web.Request, instance: Instance, body: bytes,
+                       why: str) -> web.StreamResponse:
+    """A delivery whose media cannot all be judged for a reason its sender controls: the policy's
+    ``on_invalid`` (403 when it rejects), never a silent forward of unjudged media."""
+    m = ctx.metrics
+    m.inbox.labels(instance.name, "unjudgeable").inc()
+    if instance.policy.on_invalid is Fallback.ACCEPT:
+        m.fail_open.labels(instance.policy.name, "inbox:unjudgeable").inc()
+        log.warning("inbox delivery to %s cannot be judged (%s): forwarded, on_invalid=accept", instance.name, why)
         return await ctx.forwarder.forward(request, instance, body=body)
-    verdict = await ctx.pipeline.judge_url(url, instance, "ingest")
-    if verdict.accepted:
-        return await ctx.forwarder.forward(request, instance, body=body)
-    if verdict.retryable:
-        return unavailable(instance, verdict)
-    return instance.backend.refusal(f"media refused: {verdict.reason}")
+    log.warning("inbox delivery to %s refused: %s", instance.name, why)
+    return web.json_response({"error": f"delivery refused: {why}"}, status=403)
 
 
-async def _judge_all(ctx: Context, urls: list[str], instance: Instance) -> list[Verdict]:
-    return list(await asyncio.gather(*(ctx.pipeline.judge_url(u, instance, "inbox") for u in urls)))
+async def inbox(ctx: Context, request: web.Request, instance: Instance) -> web.StreamResponse:
+    """An ActivityPub delivery: read it (admitted against the byte budget) and judge its media."""
+    try:
+        async with held_body(ctx, request, _deadline(instance)) as body:
+            try:
+                doc = load_json(decode_content(body, request.headers.get("Content-Encoding"),
+                                               ctx.config.server.max_body_bytes))
+            except Unreadable as exc:
+                return await _fail_closed(ctx, request, instance, body, f"unreadable delivery: {exc}")
+            return await inbox_body(ctx, request, instance, body, doc)
+    except BodyTooLarge as exc:
+        ctx.metrics.inbox.labels(instance.name, "too_large").inc()
+        return web.json_response({"error": str(exc)}, status=413)
+    except OverBudget as exc:
+        # never a 5xx on an inbox: forward it unread; the backend's own fetches are judged downstream
+        ctx.metrics.overload.labels("inflight_bytes").inc()
+        ctx.metrics.inbox.labels(instance.name, "forwarded_overloaded").inc()
+        log.warning("inbox delivery to %s over the in-flight byte budget (%s): forwarded unjudged; its media is "
+                    "judged where the backend fetches it (egress, pict-rs validation)", instance.name, exc)
+        return await ctx.forwarder.forward(request, instance)
 
 
-async def inbox(ctx: Context, request: web.Request, instance: Instance, route: Route) -> web.StreamResponse:
-    """ActivityPub inbox: judge the delivery's media; reject (403), drop (202), or forward it byte for byte
-    (strip: the flagged URLs are denied downstream). Never a 5xx of ours: Lemmy retries those forever."""
+async def _object_media(ctx: Context, instance: Instance, objects: list[str]) -> tuple[list[str], list[str]]:
+    """Fetch objects named by URL (as the backend will) and list their media; the objects that could not
+    be fetched (authorized fetch, a host down) come back apart: they stay pending for downstream guards."""
+    fetcher = ctx.pipeline.fetcher
+    urls: list[str] = []
+    pending: list[str] = []
+    if fetcher is None:
+        return urls, objects
+    for url in objects:
+        try:
+            fetched = await fetcher.fetch(url, accept="application/activity+json, application/ld+json")
+        except FetchError as exc:
+            log.info("inbox object %s could not be fetched (%s): left to the backend's guarded fetch", url, exc.kind)
+            pending.append(url)
+            continue
+        if sniff(fetched.body) is not None:
+            urls.append(url)  # the object is media itself: judge it as such
+            continue
+        try:
+            urls += extract(load_json(fetched.body)).urls
+        except Unreadable:
+            pending.append(url)
+    return urls, pending
+
+
+async def inbox_body(ctx: Context, request: web.Request, instance: Instance, body: bytes, doc: Any) -> web.StreamResponse:
     policy = instance.policy
     m = ctx.metrics
-    try:
-        body = await read_body(request, ctx.config.server.max_body_bytes)
-    except BodyTooLarge as exc:
-        m.inbox.labels(instance.name, "too_large").inc()
-        return web.json_response({"error": str(exc)}, status=413)
-    try:
-        if len(body) > JSON_INLINE_BYTES:
-            activity = await asyncio.get_running_loop().run_in_executor(None, json.loads, body)
-        else:
-            activity = json.loads(body)
-    except ValueError as exc:
-        log.warning("inbox delivery to %s is not JSON (%s): forwarded for the backend to refuse", instance.name, exc)
-        m.inbox.labels(instance.name, "malformed").inc()
-        return await ctx.forwarder.forward(request, instance, body=body)
-    urls = media_urls(activity, limit=ctx.config.fetch.max_urls)
-    if not urls:
+    ext = extract(doc)
+    if ext.problem:
+        return await _fail_closed(ctx, request, instance, body, f"delivery {ext.problem}")
+    if len(ext.objects) > MAX_OBJECTS:
+        return await _fail_closed(ctx, request, instance, body, f"more than {MAX_OBJECTS} objects named by URL")
+    inline = [Piece("activity data: URI", d) for text in _strings(doc) for d in data_uris(text.encode("utf-8", "replace"))]
+    if len(inline) > MAX_PIECES:
+        return await _fail_closed(ctx, request, instance, body, f"more than {MAX_PIECES} data: URIs")
+    urls = list(ext.urls)
+    if ext.objects and policy.prefetch and policy.inbox is not InboxAction.PASS:
+        more, pending = await _object_media(ctx, instance, ext.objects)
+        urls += [u for u in more if u not in urls]
+        if pending:
+            m.inbox.labels(instance.name, "object_pending").inc()
+    if len(urls) > ctx.config.fetch.max_urls:
+        return await _fail_closed(ctx, request, instance, body,
+                                  f"{len(urls)} media URLs, over fetch.max_urls ({ctx.config.fetch.max_urls})")
+    if not urls and not inline:
         m.inbox.labels(instance.name, "no_media").inc()
         return await ctx.forwarder.forward(request, instance, body=body)
     if not policy.prefetch or policy.inbox is InboxAction.PASS:
@@ -188,13 +344,15 @@ async def inbox(ctx: Context, request: web.Request, instance: Instance, route: R
         return await ctx.forwarder.forward(request, instance, body=body)
 
     tasks = [asyncio.ensure_future(ctx.pipeline.judge_url(u, instance, "inbox")) for u in urls]
-    done, pending = await asyncio.wait(tasks, timeout=policy.inbox_timeout_ms / 1000)
-    for task in pending:  # judged in the background; refused URLs are denied downstream when done
+    tasks += [asyncio.ensure_future(ctx.pipeline.judge(p.data, instance, "inbox")) for p in inline]
+    done, pending_tasks = await asyncio.wait(tasks, timeout=policy.inbox_timeout_ms / 1000)
+    for task in pending_tasks:  # judged in the background; refused URLs are denied downstream when done
         ctx.spawn(_await(task))
     flagged = [t.result() for t in done if t.result().flags_media]
-    if pending:
-        log.info("inbox delivery to %s: %d of %d media still being judged after %d ms; forwarded",
-                 instance.name, len(pending), len(urls), policy.inbox_timeout_ms)
+    if pending_tasks:
+        m.inbox.labels(instance.name, "media_pending").inc()
+        log.info("inbox delivery to %s: %d of %d media still being judged after %d ms; forwarded, pending media is "
+                 "denied downstream if flagged", instance.name, len(pending_tasks), len(tasks), policy.inbox_timeout_ms)
     if not flagged:
         m.inbox.labels(instance.name, "forwarded").inc()
         return await ctx.forwarder.forward(request, instance, body=body)
@@ -208,19 +366,80 @@ async def inbox(ctx: Context, request: web.Request, instance: Instance, route: R
     return await ctx.forwarder.forward(request, instance, body=body)  # strip: the URLs are denied downstream
 
 
+def _strings(node: Any) -> list[str]:
+    out: list[str] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, dict):
+            stack += list(item.values())
+        elif isinstance(item, list):
+            stack += item
+    return out
+
+
+async def _judge_all(ctx: Context, urls: list[str], instance: Instance) -> list[Verdict]:
+    return list(await asyncio.gather(*(ctx.pipeline.judge_url(u, instance, "inbox") for u in urls)))
+
+
 async def _await(task: asyncio.Future[Any]) -> Any:
     return await task
 
 
-INTERCEPTORS: dict[Interception, Interceptor] = {Interception.UPLOAD: upload, Interception.INGEST: ingest,
-                                                Interception.INBOX: inbox}
+# --- dispatch ----------------------------------------------------------------------------------------
+
+
+def _must_read(request: web.Request, head: bytes) -> bool:
+    enc = request.headers.get("Content-Encoding", "").strip().lower()
+    if enc and enc != "identity":
+        return True
+    return may_carry_media(request.content_type.lower(), head)
+
+
+async def _peek(request: web.Request) -> bytes:
+    head = b""
+    while len(head) < SNIFF_BYTES:
+        chunk = await request.content.read(SNIFF_BYTES - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+async def _stream_with_head(request: web.Request, head: bytes) -> AsyncIterator[bytes]:
+    if head:
+        yield head
+    async for chunk in request.content.iter_chunked(65536):
+        yield chunk
 
 
 async def handle(ctx: Context, request: web.Request, instance: Instance) -> web.StreamResponse:
-    """Everything a reverse-proxied instance receives: intercepted per its route table, else streamed."""
-    route = instance.backend.match(request.method, request.path)
-    if route is None:
+    """Everything a reverse-proxied instance receives: judged by content, routed for the rest."""
+    route = instance.backend.match(paths.methods(request.method, request.headers), paths.spellings(request.raw_path))
+    ctype = request.content_type.lower()
+    if (route is not None and route.interception is Interception.INBOX) or (request.body_exists and ctype in ACTIVITY_TYPES):
+        request[ROUTE_LABEL] = "inbox"
+        return await inbox(ctx, request, instance)
+    if not request.body_exists:
+        if route is not None and route.interception is Interception.INGEST:
+            request[ROUTE_LABEL] = "ingest"
+            return await ingest(ctx, request, instance, route, None)
         request[ROUTE_LABEL] = "passthrough"
         return await ctx.forwarder.forward(request, instance)
-    request[ROUTE_LABEL] = route.interception
-    return await INTERCEPTORS[route.interception](ctx, request, instance, route)
+    head = await _peek(request)
+    if not _must_read(request, head) and not (route is not None and route.interception is Interception.INGEST):
+        request[ROUTE_LABEL] = "passthrough"
+        return await ctx.forwarder.forward(request, instance, stream=_stream_with_head(request, head))
+    request[ROUTE_LABEL] = route.interception if route is not None else "upload"
+    try:
+        async with held_body(ctx, request, _deadline(instance), head) as body:
+            if route is not None and route.interception is Interception.INGEST:
+                return await ingest(ctx, request, instance, route, body)
+            return await gate(ctx, request, instance, route, body)
+    except BodyTooLarge as exc:
+        ctx.metrics.uploads.labels(instance.name, "too_large").inc()
+        return instance.backend.refusal(str(exc), status=413, code="too-large", route=route)
+    except OverBudget as exc:
+        return _overloaded(ctx, instance, "upload", exc, route)

@@ -69,8 +69,10 @@ class Forwarder:
         if self._session is not None:
             await self._session.close()
 
-    async def forward(self, request: web.Request, instance: Instance, *, body: bytes | None = None) -> web.StreamResponse:
-        """Send the request upstream (streaming its body, or ``body`` when given) and stream back the answer."""
+    async def forward(self, request: web.Request, instance: Instance, *, body: bytes | None = None,
+                      stream: AsyncIterator[bytes] | None = None) -> web.StreamResponse:
+        """Send the request upstream (streaming its body, or ``stream``, or ``body`` when given) and stream
+        back the answer."""
         assert self._session is not None
         if is_websocket(request) and body is None:
             return await self._websocket(request, instance)
@@ -80,6 +82,8 @@ class Forwarder:
         if body is not None:
             data = io.BytesIO(body)
             headers["Content-Length"] = str(len(body))
+        elif stream is not None:
+            data = stream
         elif request.body_exists:
             data = request.content.iter_chunked(CHUNK)
         else:

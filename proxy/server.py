@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .admission import ByteBudget
 from .app import SERVICES, Services, add_health_routes, build_services
 from .config import Config, Instance
 from .intercept import RETRY_AFTER_S, ROUTE_LABEL, BodyTooLarge, Context, handle, read_body
@@ -141,7 +142,8 @@ def build_app(config: Config, services: Services | None = None) -> web.Applicati
     services = services or build_services(config)
     app = web.Application(middlewares=[errors_and_counts, reverse_proxy], client_max_size=config.server.max_body_bytes)
     app[SERVICES] = services
-    app[CONTEXT] = Context(config, services.pipeline, Forwarder(), services.metrics)
+    app[CONTEXT] = Context(config, services.pipeline, Forwarder(), services.metrics,
+                           budget=ByteBudget(config.server.max_inflight_bytes))
     app.cleanup_ctx.append(_lifetime)
     app.router.add_post("/api/v1/validate", validate)
     app.router.add_post("/api/v1/scan", scan)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.activity import img_sources, media_urls
+from proxy.activity import extract, img_sources, is_activity, media_urls
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "activitypub").glob("*.json"))
 
@@ -27,14 +27,19 @@ def test_plain_string_forms_and_arrays() -> None:
                                       "icon": {"type": "Image", "url": {"type": "Link", "href": "https://a.example/z.png"}}}},
     ]
     assert media_urls(activity) == ["https://a.example/x.png", "https://a.example/y.png", "https://a.example/z.png"]
+    assert extract(activity).objects == ["https://a.example/notes/1"]  # the backend fetches it: so must we
 
 
-def test_only_http_urls_deduplicated_and_capped() -> None:
+def test_only_http_urls_deduplicated_and_none_dropped() -> None:
+    """No limit an attacker reaches first: decoys before the media do not push it out of the list, and
+    the scheme is case-insensitive as URL parsers read it."""
     note = {"attachment": [{"url": "javascript:alert(1)"}, {"url": "data:image/png;base64,AAAA"}, {"url": "ftp://a/b"},
                            {"url": "https://a.example/1.png"}, {"url": "https://a.example/1.png"}]
-            + [{"url": f"https://a.example/{i}.jpg"} for i in range(100)]}
-    urls = media_urls(note, limit=5)
-    assert urls == ["https://a.example/1.png"] + [f"https://a.example/{i}.jpg" for i in range(4)]
+            + [{"url": f"https://a.example/{i}.jpg"} for i in range(100)]
+            + [{"url": "HTTP://a.example/last.png"}, {"url": "https://a.example/" + "x" * 10_000 + ".png"}]}
+    urls = media_urls(note)
+    assert urls[:2] == ["https://a.example/1.png", "https://a.example/0.jpg"] and len(urls) == 103
+    assert "http://a.example/last.png" in urls and any(len(u) > 10_000 for u in urls)
 
 
 @pytest.mark.parametrize("junk", [None, 42, "text", [], {}, {"attachment": None}, {"attachment": [None, 1, {"url": None}]},
@@ -50,7 +55,14 @@ def test_deep_nesting_is_bounded() -> None:
         node["object"] = {}
         node = node["object"]
     node["image"] = "https://a.example/bottom.png"
-    assert media_urls(doc) == ["https://a.example/top.png"]
+    found = extract(doc)
+    assert found.problem is not None and "deeper" in found.problem  # reported, so the caller fails closed
+
+
+def test_activities_are_known_by_their_context() -> None:
+    assert is_activity({"@context": "https://www.w3.org/ns/activitystreams", "type": "Create"})
+    assert is_activity({"@context": ["https://www.w3.org/ns/activitystreams", {"toot": "http://joinmastodon.org/ns#"}]})
+    assert not is_activity({"type": "Create"}) and not is_activity([{"@context": "x"}])
 
 
 def test_img_sources_from_broken_html() -> None:

@@ -1,5 +1,6 @@
 """Every backend kind the config accepts has a complete record."""
 
+import dataclasses
 import json
 
 import pytest
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.parametrize("kind", sorted(KINDS))
 
 
 def test_config_accepts_exactly_the_recorded_kinds(kind: str) -> None:
-    checks = {f.name: f for f in Instance.__dataclass_fields__.values()}
+    checks = {f.name: f for f in dataclasses.fields(Instance)}
     assert checks["kind"].metadata["check"](kind) is None
     assert checks["kind"].metadata["check"]("nosuch") is not None
 
@@ -28,8 +29,6 @@ def test_record_is_complete(kind: str) -> None:
     assert record.refusal("x", status=503, headers={"Retry-After": "5"}).headers["Retry-After"] == "5"
     for route in record.routes:
         assert route.method in ("GET", "POST", "PUT", "PATCH")
-        if route.interception is Interception.UPLOAD:
-            assert route.fields
         if route.interception is Interception.INGEST:
             assert (route.url_param is None) != (route.url_json_key is None)
 
@@ -40,6 +39,6 @@ def test_activitypub_servers_know_the_shared_inbox(kind: str) -> None:
         assert record.match("POST", "/inbox") is None  # an image store has no inbox
         return
     for path in backends.INBOX_PATHS:
-        example = path.replace("[^/]+", "alice")
+        example = path.replace("[^/]+", "alice").replace("-?\\d+", "42")
         route = record.match("POST", example)
         assert route is not None and route.interception is Interception.INBOX, example

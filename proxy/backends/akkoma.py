@@ -1,12 +1,19 @@
-"""Akkoma and Pleroma: the Mastodon client API, inboxes."""
+"""Akkoma and Pleroma: the Mastodon client API, mascot and emoji packs, inboxes."""
 
-from .base import INBOXES, BackendKind, error_key
+from .base import INBOXES, BackendKind, error_key, ingest, upload
 from .mastodon import UPLOADS
 
 KIND = BackendKind(
     name="akkoma",
     refusal_status=422,
     error_body=error_key,
-    routes=(*UPLOADS, *INBOXES),
-    doc="Akkoma/Pleroma: Mastodon client API uploads, inboxes",
+    routes=(
+        *UPLOADS,
+        upload("PUT", r"/api/v1/pleroma/mascot"),
+        upload("POST", r"/api/v1/pleroma/emoji/packs/files"),
+        upload("PATCH", r"/api/v1/pleroma/emoji/packs/files"),
+        ingest("POST", r"/api/v1/pleroma/emoji/packs/download", json_key="url"),
+        *INBOXES,
+    ),
+    doc="Akkoma/Pleroma: Mastodon client API uploads, mascot, emoji packs, inboxes",
 )

@@ -1,12 +1,17 @@
-"""Mastodon: media uploads, avatars and headers, inboxes."""
+"""Mastodon: media, avatars and headers (also as data: URIs), emoji and branding uploads, inboxes."""
 
 from .base import INBOXES, BackendKind, Route, error_key, upload
 
 UPLOADS: tuple[Route, ...] = (
-    upload("POST", r"/api/v1/media", ("file", "thumbnail")),
-    upload("POST", r"/api/v2/media", ("file", "thumbnail")),
-    upload("PUT", r"/api/v1/media/[^/]+", ("file", "thumbnail")),
-    upload("PATCH", r"/api/v1/accounts/update_credentials", ("avatar", "header")),
+    upload("POST", r"/api/v[12]/media"),
+    upload("PUT", r"/api/v1/media/[^/]+"),
+    upload("PATCH", r"/api/v1/media/[^/]+"),
+    upload("PATCH", r"/api/v1/accounts/update_credentials"),
+    upload("PATCH", r"/api/v1/profile"),
+    upload("PUT", r"/api/v1/profile"),
+    upload("PATCH", r"/settings/profile"),
+    upload("POST", r"/admin/custom_emojis"),
+    upload("PATCH", r"/admin/settings(/[a-z_]+)?"),
 )
 
 KIND = BackendKind(
@@ -14,5 +19,5 @@ KIND = BackendKind(
     refusal_status=422,
     error_body=error_key,
     routes=(*UPLOADS, *INBOXES),
-    doc="Mastodon: media, avatars and headers, inboxes",
+    doc="Mastodon: media, avatars and headers, custom emoji, branding, inboxes",
 )

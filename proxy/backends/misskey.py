@@ -1,4 +1,5 @@
-"""Misskey (and Firefish, Sharkey): drive uploads, upload-from-url, inboxes."""
+"""Misskey (and Firefish, Sharkey, Iceshrimp): drive uploads, their Mastodon-compatible API, upload-from-url,
+inboxes. Misskey serves its API endpoints on every method but GET."""
 
 from collections.abc import Mapping
 from typing import Any
@@ -22,10 +23,14 @@ KIND = BackendKind(
     refusal_status=400,
     error_body=misskey_error,
     routes=(
-        upload("POST", r"/api/drive/files/create", ("file",)),
+        upload("POST", r"/api/drive/files/create"),
+        upload("POST", r"/api/v[12]/media"),  # Sharkey, Iceshrimp: the Mastodon API beside Misskey's
+        upload("PATCH", r"/api/v1/accounts/update_credentials"),
+        upload("POST", r"/api/iceshrimp/(drive|emoji(/import)?)"),
         ingest("POST", r"/api/drive/files/upload-from-url", json_key="url"),
         *INBOXES,
     ),
     doc="Misskey, Firefish, Sharkey: drive uploads, upload-from-url, inboxes",
     codes=ERROR_IDS,
+    any_method=True,
 )

@@ -1,0 +1,226 @@
+"""What a request body carries, found by content rather than by route.
+
+Pure functions over bytes. :func:`find_media` returns every piece of a body a backend could store as a
+file: multipart parts that are or may be files (any field name; a filename, or bytes that sniff as media),
+a raw media body, and ``data:`` URIs in JSON, form or raw bodies and in the query string (Paperclip, which
+Mastodon registers, stores any string parameter that starts with ``data:...;base64,``). A body we cannot
+read exactly as a backend would raises :class:`Unreadable`; the caller refuses it, never forwards it.
+
+``Content-Encoding`` bodies are decoded (bounded) before they are read; the caller forwards the original.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote_to_bytes
+
+from .media import sniff
+from .multipart import MultipartError, parse
+
+MAX_PIECES = 64
+"""More pieces of media than this in one body: refused (we would not judge them all in time)."""
+MAX_JSON_DEPTH = 64
+
+_DATA_URI = re.compile(rb"data:[^;,\s\"'&]{0,100}(?:;[^;,\s\"'&]{0,100}){0,8};base64,", re.I)
+_B64 = re.compile(rb"[A-Za-z0-9+/=_\-\s\\%]+")
+
+
+class Unreadable(ValueError):
+    """A body we cannot read exactly as the backend would (malformed, ambiguous, over a bound)."""
+
+    def __init__(self, message: str, *, status: int = 400, code: str = "malformed-upload") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One would-be file in a request."""
+
+    where: str
+    """For logs: ``part 2 'file'``, ``body``, ``json $.avatar``, ``query thumbnail``."""
+    data: bytes
+    part: int | None = None
+    """Index of the multipart part it came from."""
+    whole: bool = True
+    """The piece is that whole part (so ``strip`` can cut the part out); False for a data: URI inside one."""
+
+
+def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body with its ``Content-Encoding`` undone, at most ``limit`` bytes; Unreadable otherwise."""
+    if not encoding:
+        return body
+    data = body
+    for coding in reversed([c.strip().lower() for c in encoding.split(",") if c.strip()]):
+        if coding == "identity":
+            continue
+        if coding in ("gzip", "x-gzip", "deflate"):
+            wbits = 47 if coding != "deflate" else 15
+            try:
+                d = zlib.decompressobj(wbits)
+                out = d.decompress(data, limit + 1)
+                if not d.eof and len(out) <= limit and d.unconsumed_tail:
+                    raise Unreadable(f"{coding} body does not end")
+            except zlib.error as exc:
+                if coding == "deflate":  # raw deflate, as some clients send it
+                    try:
+                        out = zlib.decompressobj(-15).decompress(data, limit + 1)
+                    except zlib.error:
+                        raise Unreadable(f"body is not valid {coding}: {exc}") from None
+                else:
+                    raise Unreadable(f"body is not valid {coding}: {exc}") from None
+        elif coding == "br":
+            import brotli  # mitmproxy's dependency, so always installed
+
+            try:
+                out = brotli.decompress(data)
+            except brotli.error as exc:
+                raise Unreadable(f"body is not valid br: {exc}") from None
+        else:
+            raise Unreadable(f"Content-Encoding {coding!r} cannot be checked", status=415, code="unsupported-encoding")
+        if len(out) > limit:
+            raise Unreadable(f"decoded body is over the limit of {limit} bytes", status=413, code="too-large")
+        data = out
+    return data
+
+
+def _b64(raw: bytes) -> bytes | None:
+    """Decode base64 the lenient way backends do (Ruby's unpack('m'), Node's Buffer.from): characters
+    outside the alphabet are skipped; URL-safe letters are read too."""
+    cleaned = re.sub(rb"[^A-Za-z0-9+/_\-]", b"", raw).replace(b"-", b"+").replace(b"_", b"/")
+    cleaned += b"=" * (-len(cleaned) % 4)
+    try:
+        return base64.b64decode(cleaned)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def data_uris(text: bytes) -> Iterator[bytes]:
+    """The payload of every ``data:...;base64,`` URI in ``text`` (however it is embedded)."""
+    for m in _DATA_URI.finditer(text):
+        tail = _B64.match(text, m.end())
+        if tail is None:
+            continue
+        raw = tail.group(0)
+        for variant in {raw, unquote_to_bytes(raw), unquote_to_bytes(raw.replace(b"+", b" "))}:
+            payload = _b64(variant)
+            if payload:
+                yield payload
+
+
+def _json_strings(node: object, depth: int = 0) -> Iterator[str]:
+    if depth > MAX_JSON_DEPTH:
+        raise Unreadable(f"JSON nested deeper than {MAX_JSON_DEPTH}")
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from _json_strings(value, depth + 1)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _json_strings(value, depth + 1)
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise Unreadable(f"JSON object has the key {key!r} twice (backends disagree on which one wins)")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> None:
+    raise Unreadable(f"JSON constant {name} is not JSON")
+
+
+def load_json(body: bytes) -> object:
+    """Strict JSON: UTF-8, no duplicate keys, no NaN/Infinity, bounded depth; Unreadable otherwise."""
+    try:
+        text = body.decode("utf-8-sig" if body.startswith(b"\xef\xbb\xbf") else "utf-8")
+        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except Unreadable:
+        raise
+    except RecursionError:
+        raise Unreadable("JSON nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Unreadable(f"not valid JSON: {exc}") from None
+    for _ in _json_strings(doc):  # depth check
+        pass
+    return doc
+
+
+def is_json_type(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json") or content_type == "text/json"
+
+
+def find_media(body: bytes, content_type: str, content_type_header: str | None, query: str) -> list[Piece]:
+    """Every would-be file in a request body (already content-decoded) and its query string."""
+    pieces: list[Piece] = []
+
+    def add(piece: Piece) -> None:
+        pieces.append(piece)
+        if len(pieces) > MAX_PIECES:
+            raise Unreadable(f"more than {MAX_PIECES} files or data: URIs in one request", code="too-many-files")
+
+    for payload in data_uris(query.encode("latin-1", "replace")):
+        add(Piece("query data: URI", payload))
+    if not body:
+        return pieces
+    if content_type.startswith("multipart/"):
+        try:
+            form = parse(body, content_type_header)
+        except MultipartError as exc:
+            raise Unreadable(f"malformed multipart body: {exc}") from None
+        for i, part in enumerate(form.parts):
+            content = part.content(body)
+            if part.filename is not None or sniff(content) is not None or (part.content_type or "").lower().startswith(
+                    ("image/", "video/", "audio/", "application/octet-stream")):
+                add(Piece(f"part {i} {part.name!r}", content, part=i))
+            else:
+                for payload in data_uris(content):
+                    add(Piece(f"part {i} {part.name!r} data: URI", payload, part=i, whole=False))
+        return pieces
+    if sniff(body) is not None:
+        add(Piece("body", body))
+        return pieces
+    if is_json_type(content_type):
+        doc = load_json(body)
+        for text in _json_strings(doc):
+            for payload in data_uris(text.encode("utf-8", "surrogatepass")):
+                add(Piece("json data: URI", payload))
+        return pieces
+    if content_type == "application/x-www-form-urlencoded":
+        for key, value in parse_qsl(body.decode("latin-1"), keep_blank_values=True):
+            for text in (key, value):
+                for payload in data_uris(text.encode("latin-1", "replace")):
+                    add(Piece("form data: URI", payload))
+    # any body, whatever its type says: a data: URI a lenient parser could find (no Content-Type reads as
+    # a form in Rack; a JSON body labelled text/plain is still parsed by some frameworks)
+    seen = {p.data for p in pieces}
+    for payload in data_uris(body):
+        if payload not in seen:
+            seen.add(payload)
+            add(Piece("data: URI", payload))
+    return pieces
+
+
+def may_carry_media(content_type: str, head: bytes) -> bool:
+    """Whether a body must be read whole before forwarding: anything a backend parses into fields or
+    files, or bytes that start like media. Other bodies (and nothing with an unknown type can be stored
+    as a file by the backends here) stream through."""
+    if content_type.startswith("multipart/") or content_type == "application/x-www-form-urlencoded":
+        return True
+    if is_json_type(content_type) or content_type in ("", "text/plain"):
+        return True
+    if sniff(head) is not None:
+        return True
+    return b"data:" in head.lower()
