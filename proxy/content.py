@@ -18,7 +18,7 @@ import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import parse_qsl
 
 from .media import sniff
 from .multipart import MultipartError, parse
@@ -28,7 +28,7 @@ MAX_PIECES = 64
 MAX_JSON_DEPTH = 64
 
 _DATA_URI = re.compile(rb"data:[^;,\s\"'&]{0,100}(?:;[^;,\s\"'&]{0,100}){0,8};base64,", re.I)
-_B64 = re.compile(rb"[A-Za-z0-9+/=_\-\s\\%]+")
+_B64 = re.compile(rb"[A-Za-z0-9+/=_\-\s]+")
 
 
 class Unreadable(ValueError):
@@ -103,16 +103,15 @@ def _b64(raw: bytes) -> bytes | None:
 
 
 def data_uris(text: bytes) -> Iterator[bytes]:
-    """The payload of every ``data:...;base64,`` URI in ``text`` (however it is embedded)."""
+    """The payload of every ``data:...;base64,`` URI in ``text``, a value as the backend's parser hands it
+    over (a JSON string, a form value, a part's content)."""
     for m in _DATA_URI.finditer(text):
         tail = _B64.match(text, m.end())
         if tail is None:
             continue
-        raw = tail.group(0)
-        for variant in {raw, unquote_to_bytes(raw), unquote_to_bytes(raw.replace(b"+", b" "))}:
-            payload = _b64(variant)
-            if payload:
-                yield payload
+        payload = _b64(tail.group(0))
+        if payload:
+            yield payload
 
 
 def _json_strings(node: object, depth: int = 0) -> Iterator[str]:
@@ -171,8 +170,10 @@ def find_media(body: bytes, content_type: str, content_type_header: str | None, 
         if len(pieces) > MAX_PIECES:
             raise Unreadable(f"more than {MAX_PIECES} files or data: URIs in one request", code="too-many-files")
 
-    for payload in data_uris(query.encode("latin-1", "replace")):
-        add(Piece("query data: URI", payload))
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        for text in (key, value):
+            for payload in data_uris(text.encode("utf-8", "replace")):
+                add(Piece("query data: URI", payload))
     if not body:
         return pieces
     if content_type.startswith("multipart/"):
@@ -198,19 +199,20 @@ def find_media(body: bytes, content_type: str, content_type_header: str | None, 
             for payload in data_uris(text.encode("utf-8", "surrogatepass")):
                 add(Piece("json data: URI", payload))
         return pieces
-    if content_type == "application/x-www-form-urlencoded":
+    if content_type in ("application/x-www-form-urlencoded", ""):
+        # a POST without a Content-Type is read as a form by Rack
         for key, value in parse_qsl(body.decode("latin-1"), keep_blank_values=True):
             for text in (key, value):
                 for payload in data_uris(text.encode("latin-1", "replace")):
                     add(Piece("form data: URI", payload))
-    # any body, whatever its type says: a data: URI a lenient parser could find (no Content-Type reads as
-    # a form in Rack; a JSON body labelled text/plain is still parsed by some frameworks)
-    seen = {p.data for p in pieces}
-    for payload in data_uris(body):
-        if payload not in seen:
-            seen.add(payload)
-            add(Piece("data: URI", payload))
+        return pieces
+    for payload in data_uris(body):  # any other type: a data: URI wherever it sits in the bytes
+        add(Piece("data: URI", payload))
     return pieces
+
+
+def query_may_carry_media(query: str) -> bool:
+    return "data:" in query.lower() or "data%3a" in query.lower()
 
 
 def may_carry_media(content_type: str, head: bytes) -> bool:

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 TEXT_TYPES = re.compile(r"^(text/|application/([\w.+-]*\+)?(json|xml|javascript|ecmascript)\b)", re.I)
 SNIFF_BYTES = 32
 HEADER = "X-Fedi-Filter"
+MARK = "fedi_filter_refused"
+"""flow.metadata key of our own refusals (mitmproxy's addons keep their state on the flow)."""
 
 
 class _CutDisguisedMedia:
@@ -90,6 +92,8 @@ class EgressAddon:
         self.slots = asyncio.Semaphore(settings.max_concurrent)
 
     def _refuse(self, flow: http.HTTPFlow, status: int, reason: str) -> None:
+        """Answer with our refusal; the mark lives on the flow, never in a header a peer could send."""
+        flow.metadata[MARK] = reason
         flow.response = http.Response.make(status, f"refused by fedi-filter-proxy: {reason}\n".encode(),
                                            {"Content-Type": "text/plain; charset=utf-8", HEADER: reason[:200]})
 
@@ -113,6 +117,8 @@ class EgressAddon:
 
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Before any upstream connection: denied URLs and private targets are refused."""
+        if flow.response or flow.error or not flow.live:
+            return
         url = flow.request.pretty_url
         reason = await self.pipeline.url_denial(url)
         if reason is not None:
@@ -144,14 +150,16 @@ class EgressAddon:
     async def response(self, flow: http.HTTPFlow) -> None:
         """Judge media bodies; replace a refused one with a 403 and deny its URL."""
         resp = flow.response
-        if resp is None or resp.stream or flow.request.method == "HEAD":
-            return
-        if resp.headers.get(HEADER):  # our own refusal
+        if resp is None or flow.error or MARK in flow.metadata or resp.stream or flow.request.method == "HEAD":
             return
         try:
-            body = resp.content or b""
-        except ValueError:  # an undecodable Content-Encoding: judge the bytes as they came
-            body = resp.raw_content or b""
+            body = resp.content or b""  # Content-Encoding undone: judge what the backend will decode
+        except ValueError as exc:  # an encoding we cannot undo: we cannot judge it, so it does not pass
+            self.metrics.egress.labels("undecodable").inc()
+            log.warning("egress: %s has a Content-Encoding that cannot be decoded (%s): refused",
+                        flow.request.pretty_url, exc)
+            self._refuse(flow, 502, f"undecodable Content-Encoding {resp.headers.get('Content-Encoding', '')!r}")
+            return
         if sniff(body) is None:
             self.metrics.egress.labels("not_media").inc()
             return

@@ -44,6 +44,7 @@ from .content import (
     is_json_type,
     load_json,
     may_carry_media,
+    query_may_carry_media,
 )
 from .fetch import FetchError
 from .media import sniff
@@ -142,6 +143,12 @@ async def held_body(ctx: Context, request: web.Request, deadline: float, head: b
             await ctx.budget.release(taken)
 
 
+def media_type(request: web.Request) -> str:
+    """The Content-Type's media type as sent, lower case; "" when there is none (aiohttp's
+    ``content_type`` would say application/octet-stream, but Rack reads a body without one as a form)."""
+    return request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+
 def unavailable(instance: Instance, verdict: Verdict, route: Route | None = None) -> web.Response:
     """No verdict in time and the policy fails closed: a 503 the client may retry."""
     return instance.backend.refusal(f"media could not be checked, try again later ({verdict.reason})", status=503,
@@ -171,7 +178,7 @@ async def gate(ctx: Context, request: web.Request, instance: Instance, route: Ro
                body: bytes, source: str = "upload") -> web.StreamResponse:
     """Judge every would-be file in ``body``; forward the original bytes, strip flagged parts, or refuse."""
     backend, m = instance.backend, ctx.metrics
-    ctype = request.content_type.lower()
+    ctype = media_type(request)
     try:
         decoded = decode_content(body, request.headers.get("Content-Encoding"), ctx.config.server.max_body_bytes)
         if is_json_type(ctype) or ctype in ACTIVITY_TYPES:
@@ -395,7 +402,7 @@ def _must_read(request: web.Request, head: bytes) -> bool:
     enc = request.headers.get("Content-Encoding", "").strip().lower()
     if enc and enc != "identity":
         return True
-    return may_carry_media(request.content_type.lower(), head)
+    return may_carry_media(media_type(request), head)
 
 
 async def _peek(request: web.Request) -> bytes:
@@ -418,10 +425,13 @@ async def _stream_with_head(request: web.Request, head: bytes) -> AsyncIterator[
 async def handle(ctx: Context, request: web.Request, instance: Instance) -> web.StreamResponse:
     """Everything a reverse-proxied instance receives: judged by content, routed for the rest."""
     route = instance.backend.match(paths.methods(request.method, request.headers), paths.spellings(request.raw_path))
-    ctype = request.content_type.lower()
+    ctype = media_type(request)
     if (route is not None and route.interception is Interception.INBOX) or (request.body_exists and ctype in ACTIVITY_TYPES):
         request[ROUTE_LABEL] = "inbox"
         return await inbox(ctx, request, instance)
+    if not request.body_exists and query_may_carry_media(request.query_string):
+        request[ROUTE_LABEL] = "upload"
+        return await gate(ctx, request, instance, route, b"")
     if not request.body_exists:
         if route is not None and route.interception is Interception.INGEST:
             request[ROUTE_LABEL] = "ingest"

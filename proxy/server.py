@@ -15,6 +15,7 @@ from aiohttp import web
 from .admission import ByteBudget
 from .app import SERVICES, Services, add_health_routes, build_services
 from .config import Config, Instance
+from .content import Unreadable, decode_content
 from .intercept import RETRY_AFTER_S, ROUTE_LABEL, BodyTooLarge, Context, handle, read_body
 from .passthrough import Forwarder
 from .verdict import Verdict
@@ -54,7 +55,12 @@ def validation_response(verdict: Verdict, instance: Instance) -> web.Response:
 async def judge_body(request: web.Request, source: str) -> tuple[Verdict, Instance]:
     instance = pick_instance(request)
     services = request.app[SERVICES]
-    data = await read_body(request, services.config.server.max_body_bytes)
+    limit = services.config.server.max_body_bytes
+    data = await read_body(request, limit)
+    try:
+        data = decode_content(data, request.headers.get("Content-Encoding"), limit)
+    except Unreadable as exc:
+        raise web.HTTPBadRequest(text=json.dumps({"error": str(exc), "msg": str(exc)}), content_type="application/json") from None
     verdict = await services.pipeline.judge(data, instance, source)
     return verdict, instance
 
@@ -140,7 +146,9 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
 
 def build_app(config: Config, services: Services | None = None) -> web.Application:
     services = services or build_services(config)
-    app = web.Application(middlewares=[errors_and_counts, reverse_proxy], client_max_size=config.server.max_body_bytes)
+    # bodies as sent: a Content-Encoding is undone by us for judging, and the original bytes are forwarded
+    app = web.Application(middlewares=[errors_and_counts, reverse_proxy], client_max_size=config.server.max_body_bytes,
+                          handler_args={"auto_decompress": False})
     app[SERVICES] = services
     app[CONTEXT] = Context(config, services.pipeline, Forwarder(), services.metrics,
                            budget=ByteBudget(config.server.max_inflight_bytes))

@@ -95,7 +95,7 @@ class Backend:
     """Optional callable(Seen) -> str | None: an HTTP-signature check; its error answers 401."""
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=2 * 1024**3)
+        app = web.Application(client_max_size=2 * 1024**3, handler_args={"auto_decompress": False})
         app.router.add_route("*", "/ws", self.websocket)
         app.router.add_route("*", "/{tail:.*}", self.record)
         return app

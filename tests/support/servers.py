@@ -140,3 +140,26 @@ async def drain(env: Env) -> None:
     while ctx.background:
         await asyncio.gather(*list(ctx.background), return_exceptions=True)
     await env.services.store.flush()
+
+
+async def raw_request(port: int, method: str, target: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, bytes]:
+    """One HTTP/1.1 request with the request target exactly as given (clients normalise ``//``, ``.``
+    and ``..``; an attacker's client does not). Returns the status and the body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    writer.write(head.encode("latin-1") + body)
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    status_line, _, rest = data.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), payload
+
+
+def form_bytes(field: str, filename: str, data: bytes, boundary: str = "ffpboundary") -> tuple[bytes, str]:
+    """A plain multipart/form-data body with one file part, and its Content-Type."""
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
