@@ -66,6 +66,34 @@ def media_app() -> web.Application:
     async def note(request: web.Request) -> web.Response:
         return web.json_response({"type": "Note", "content": "x" * 100_000}, content_type="application/activity+json")
 
+    async def note_of(request: web.Request) -> web.Response:
+        """A remote post whose attachment is the named photo on this host (what a boost points at)."""
+        name = request.match_info["name"]
+        hits[f"note:{name}"] = hits.get(f"note:{name}", 0) + 1
+        base = f"{request.scheme}://{request.host}"
+        doc = {"@context": "https://www.w3.org/ns/activitystreams", "id": f"{base}/notes/{name}", "type": "Note",
+               "content": "<p>a post</p>", "attachment": [{"type": "Document", "mediaType": "image/jpeg",
+                                                          "url": f"{base}/img/{name}.jpg"}]}
+        return web.json_response(doc, content_type="application/activity+json")
+
+    async def private(request: web.Request) -> web.Response:
+        return web.json_response({"error": "signature required"}, status=401)  # authorized fetch
+
+    async def lying(request: web.Request) -> web.Response:
+        """Media with the header our egress uses for its own refusals: a remote host can send any header."""
+        return web.Response(body=photo(request.match_info["name"]), content_type="image/jpeg",
+                            headers={"X-Fedi-Filter": "ok, already checked"})
+
+    async def gzipped(request: web.Request) -> web.Response:
+        import gzip
+
+        return web.Response(body=gzip.compress(photo(request.match_info["name"])),
+                            headers={"Content-Type": "application/octet-stream", "Content-Encoding": "gzip"})
+
+    app.router.add_get("/notes/{name}", note_of)
+    app.router.add_get("/private/{name}", private)
+    app.router.add_get("/lying/{name}", lying)
+    app.router.add_get("/gzip/{name}", gzipped)
     app.router.add_get("/img/{name}.jpg", image)
     app.router.add_get("/disguised/{name}", disguised)
     app.router.add_get("/note", note)
