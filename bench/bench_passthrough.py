@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,16 +26,10 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from bench.common import machine, pct
+from bench.common import free_port, machine, pct, rss_kb
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = bytes(range(256)) * 4096  # 1 MiB
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def backend_app() -> web.Application:
@@ -54,15 +47,6 @@ def backend_app() -> web.Application:
     app.router.add_get("/api/v1/timelines/public", small)
     app.router.add_post("/sink", sink)
     return app
-
-
-def rss_kb(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(("VmRSS", "VmHWM")):
-            key, value = line.split(":")
-            out[key] = int(value.split()[0])
-    return out
 
 
 async def small_requests(session: aiohttp.ClientSession, url: str, headers: dict[str, str], n: int, conc: int) -> tuple[float, list[float]]:

@@ -102,11 +102,12 @@ def _b64(raw: bytes) -> bytes | None:
         return None
 
 
-def data_uris(text: bytes) -> Iterator[bytes]:
-    """The payload of every ``data:...;base64,`` URI in ``text``, a value as the backend's parser hands it
-    over (a JSON string, a form value, a part's content)."""
-    for m in _DATA_URI.finditer(text):
-        tail = _B64.match(text, m.end())
+def data_uris(text: bytes, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    """The payload of every ``data:...;base64,`` URI in ``text[start:end]``, a value as the backend's
+    parser hands it over (a JSON string, a form value, a part's content)."""
+    end = len(text) if end is None else end
+    for m in _DATA_URI.finditer(text, start, end):
+        tail = _B64.match(text, m.end(), end)
         if tail is None:
             continue
         payload = _b64(tail.group(0))
@@ -182,12 +183,12 @@ def find_media(body: bytes, content_type: str, content_type_header: str | None, 
         except MultipartError as exc:
             raise Unreadable(f"malformed multipart body: {exc}") from None
         for i, part in enumerate(form.parts):
-            content = part.content(body)
-            if part.filename is not None or sniff(content) is not None or (part.content_type or "").lower().startswith(
+            head = body[part.content_start:min(part.end, part.content_start + 64)]
+            if part.filename is not None or sniff(head) is not None or (part.content_type or "").lower().startswith(
                     ("image/", "video/", "audio/", "application/octet-stream")):
-                add(Piece(f"part {i} {part.name!r}", content, part=i))
-            else:
-                for payload in data_uris(content):
+                add(Piece(f"part {i} {part.name!r}", part.content(body), part=i))
+            else:  # a text field: scanned in place, never copied
+                for payload in data_uris(body, part.content_start, part.end):
                     add(Piece(f"part {i} {part.name!r} data: URI", payload, part=i, whole=False))
         return pieces
     if sniff(body) is not None:

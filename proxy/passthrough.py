@@ -51,6 +51,12 @@ def is_websocket(request: web.Request) -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket" and "upgrade" in request.headers.get("Connection", "").lower()
 
 
+async def _slices(body: bytes) -> AsyncIterator[bytes]:
+    view = memoryview(body)
+    for start in range(0, len(view), CHUNK * 4):
+        yield view[start:start + CHUNK * 4]  # type: ignore[misc]
+
+
 class Forwarder:
     def __init__(self, *, connect_timeout_s: float = 10.0) -> None:
         self._session: aiohttp.ClientSession | None = None
@@ -80,7 +86,7 @@ class Forwarder:
         headers = upstream_headers(request)
         data: io.BytesIO | AsyncIterator[bytes] | None
         if body is not None:
-            data = io.BytesIO(body)
+            data = _slices(body)  # small writes: the transport never buffers a copy of a large body
             headers["Content-Length"] = str(len(body))
         elif stream is not None:
             data = stream
