@@ -80,9 +80,15 @@ class MediaLimits:
     max_bytes: int = 41_943_040
     max_pixels: int = 50_000_000
     max_frames: int = 8
-    """Frames sampled from an animation or video; the worst one decides."""
+    """Unused: every distinct frame is judged now (see max_judged_frames, max_video_frames)."""
     max_total_frames: int = 10_000
     """An animation with more frames than this is refused as hostile."""
+    max_video_frames: int = 256
+    """Frames judged per video stream: one a second and scene changes for 2 minutes, then evenly spaced."""
+    max_tiles: int = 16
+    """Model-size tiles judged besides the whole view of a strip or a large image."""
+    max_judged_frames: int = 512
+    """Views judged for one file at most (frames, tiles, light/dark composites); more: too_many_frames."""
     decode_timeout_ms: int = 3000
 
 
@@ -333,6 +339,9 @@ def _limits(s: _Section) -> MediaLimits:
         max_pixels=s.positive("max_pixels", d.max_pixels),
         max_frames=s.positive("max_frames", d.max_frames),
         max_total_frames=s.positive("max_total_frames", d.max_total_frames),
+        max_video_frames=s.positive("max_video_frames", d.max_video_frames),
+        max_tiles=s.positive("max_tiles", d.max_tiles),
+        max_judged_frames=s.positive("max_judged_frames", d.max_judged_frames),
         decode_timeout_ms=s.positive("decode_timeout_ms", d.decode_timeout_ms),
     )
     s.done()
