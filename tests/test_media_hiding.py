@@ -200,8 +200,9 @@ async def test_a_face_shrunk_by_a_strip_or_a_grid_is_found_in_a_tile(aiohttp_cli
 
 @pytest.mark.parametrize(("fmt", "mime"), [("HEIF", "image/heic"), ("AVIF", "image/avif"), ("JXL", "image/jxl")])
 async def test_heic_avif_and_jpeg_xl_are_judged(aiohttp_client, fmt: str, mime: str) -> None:
-    """iPhone photos are HEIC: the old decoder could not read them and refused even clean ones as corrupt
-    (or, with on_invalid: accept, let faces through unjudged). AVIF was already read by Pillow 13."""
+    """iPhone photos are HEIC, which Pillow reads only with pillow-heif's opener registered (the old
+    decoder relied on scikit-image registering it in tests); the old sniffer did not know JPEG XL at all
+    ('unsupported'). AVIF was already read by Pillow 13: a guard."""
     client = await start(aiohttp_client, make_config(FACES))
     status, body = await post_media(client, photo(FACE, fmt))
     assert refused_as_face(status, body) and body["mime"] == mime, body
