@@ -153,6 +153,8 @@ def sniff(data: bytes) -> str | None:
         if brand in (b"M4A ", b"M4B "):
             return "audio/mp4"
         return "video/quicktime" if brand == b"qt  " else "video/mp4"
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") and _is_svg(data[:8192].decode("utf-16", "ignore").encode()):
+        return SVG_TYPE  # before MP3: its frame sync matches a UTF-16 byte-order mark
     if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0 and data[1] & 0x06):
         return "audio/mpeg"
     if data[:4] == b"OggS":
@@ -196,19 +198,25 @@ class _Collector:
         self.deadline = deadline
         self.frames: list[Image.Image] = []
         self.views: list[str] = []
-        self._thumbs: list[np.ndarray] = []
+        self._thumbs: dict[str, np.ndarray] = {}
 
     def check_deadline(self) -> None:
         if time.monotonic() > self.deadline:
             raise MediaError("timeout", "decoding took too long")
 
-    def is_duplicate(self, thumb: np.ndarray, max_diff: int = DUPLICATE_MAX_DIFF) -> bool:
-        """True when a frame with this thumbnail was kept already; else remember it."""
-        if self._thumbs:
-            diffs = np.abs(np.stack(self._thumbs) - thumb).reshape(len(self._thumbs), -1).max(axis=1)
-            if int(diffs.min()) <= max_diff:
+    def is_duplicate(self, thumb: np.ndarray, max_diff: int = DUPLICATE_MAX_DIFF, where: str = "") -> bool:
+        """True when a view with this thumbnail was kept already at ``where`` (the whole frame, or one
+        tile's box); else remember it. The last one kept is compared first: repeats are mostly adjacent."""
+        flat = thumb.reshape(1, -1)
+        kept = self._thumbs.get(where)
+        if kept is not None:
+            if int(np.abs(kept[-1:] - flat).max()) <= max_diff:
                 return True
-        self._thumbs.append(thumb)
+            if int(np.abs(kept - flat).max(axis=1).min()) <= max_diff:
+                return True
+            self._thumbs[where] = np.concatenate([kept, flat])
+        else:
+            self._thumbs[where] = flat
         return False
 
     def add(self, views: list[tuple[Image.Image, str]]) -> None:
@@ -240,10 +248,8 @@ def _normalise(img: Image.Image) -> Image.Image:
         img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
     elif mode == "P" and "transparency" in img.info or mode in ("PA", "LA", "La", "RGBa"):
         img = img.convert("RGBA")
-    if img.mode == "RGBA":
-        low, _ = img.getchannel("A").getextrema()
-        if low < 255:
-            return img
+    if img.mode == "RGBA" and img.getchannel("A").getextrema() != (255, 255):
+        return img
     return img.convert("RGB")
 
 
@@ -283,14 +289,22 @@ def tile_plan(width: int, height: int, size: int, max_tiles: int) -> list[tuple[
     return [(x, y, min(x + side, width), min(y + side, height)) for y in starts(height) for x in starts(width)]
 
 
-def _views(img: Image.Image, name: str, size: int, limits: MediaLimits, c: _Collector) -> list[tuple[Image.Image, str]]:
-    """The whole picture at model size, its tiles when needed, each on light and dark when transparent."""
+def _views(
+    img: Image.Image, name: str, size: int, limits: MediaLimits, c: _Collector, *, animated: bool = False
+) -> list[tuple[Image.Image, str]]:
+    """The whole picture at model size, its tiles when needed, each on light and dark when transparent.
+    In an animation a tile that repeats one kept from an earlier frame (same box) is not judged again."""
     img = _normalise(img)
     boxes = tile_plan(img.width, img.height, size, limits.max_tiles)
-    parts = [(img, name)] + [(img.crop(box), f"{name} tile {i + 1}/{len(boxes)}") for i, box in enumerate(boxes)]
     out: list[tuple[Image.Image, str]] = []
-    for part, part_name in parts:
+    for i, box in enumerate([None, *boxes]):
         c.check_deadline()
+        if box is None:
+            part, part_name = img, name
+        else:
+            part, part_name = img.crop(box), f"{name} tile {i}/{len(boxes)}"
+            if animated and c.is_duplicate(_thumb(part), where=str(box)):
+                continue
         part = _fit(part, size)
         if part.mode != "RGBA":
             out.append((part, part_name))
@@ -346,7 +360,7 @@ def _decode_image(data: bytes, mime: str, limits: MediaLimits, size: int, c: _Co
                     frame = ImageOps.exif_transpose(img)
                 if total > 1 and c.is_duplicate(_thumb(frame)):
                     continue
-                c.add(_views(frame, f"frame {index}" if total > 1 else "image", size, limits, c))
+                c.add(_views(frame, f"frame {index}" if total > 1 else "image", size, limits, c, animated=total > 1))
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise MediaError("corrupt", f"{mime}: {exc}") from None
     return Decoded(mime, width, height, total, c.frames, c.views)
@@ -416,6 +430,8 @@ def _decode_video(data: bytes, mime: str, limits: MediaLimits, size: int, c: _Co
                 sampler = samplers[packet.stream.index]
                 for frame in packet.decode():
                     c.check_deadline()
+                    if not isinstance(frame, av.VideoFrame):
+                        continue
                     n = counts[packet.stream.index]
                     counts[packet.stream.index] = n + 1
                     t = frame.time if frame.time is not None else float(n)
@@ -427,6 +443,8 @@ def _decode_video(data: bytes, mime: str, limits: MediaLimits, size: int, c: _Co
                     img = frame.to_image(width=max(1, round(w * scale)), height=max(1, round(h * scale)))
                     for view in _views(img, f"stream {sampler.index} at {t:.1f}s", size, limits, c):
                         sampler.keep(t, view)
+                    if sum(len(s.head) + len(s.tail) for s in samplers.values()) > limits.max_judged_frames:
+                        raise MediaError("too_many_frames", f"more than {limits.max_judged_frames} frames to judge")
         except (av.FFmpegError, ValueError) as exc:
             raise MediaError("corrupt", f"{mime}: {exc}") from None
         for sampler in samplers.values():
@@ -552,9 +570,13 @@ def _decode_svg(data: bytes, limits: MediaLimits, size: int, c: _Collector, dept
     c.check_deadline()
     # big enough for tiles of a strip or a large drawing, never more than 4x the input size
     target = min(max(width, height, size), 4 * size)
-    dims = {"width": round(target)} if width >= height else {"height": round(target)}
+    wide = width >= height
     try:
-        png = resvg_py.svg_to_bytes(svg_string=data.decode("utf-8", "replace"), skip_system_fonts=True, **dims)
+        png = resvg_py.svg_to_bytes(
+            svg_string=data.decode("utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8", "replace"),
+            skip_system_fonts=True,
+            width=round(target) if wide else None, height=None if wide else round(target),
+        )
         with Image.open(io.BytesIO(bytes(png)), formats=["PNG"]) as raster:
             raster.load()
             c.add(_views(raster, "svg", size, limits, c))

@@ -65,6 +65,8 @@ SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
          b'"http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">\n' + SVG, "image/svg+xml"),
         (b"<svg:svg xmlns:svg='http://www.w3.org/2000/svg'/>", "image/svg+xml"),
         (gzip.compress(SVG), "image/svg+xml"),
+        (SVG.decode().encode("utf-16"), "image/svg+xml"),  # with a byte-order mark, as XML requires
+        (b"\xfe\xff" + SVG.decode().encode("utf-16-be"), "image/svg+xml"),
         (b'<!DOCTYPE html><html><body><svg width="9"></svg></body></html>', None),  # a page with an icon
         (b'<?xml version="1.0"?><rss version="2.0"><svg/></rss>', None),
         (gzip.compress(b"just text"), None),
@@ -131,6 +133,18 @@ def test_a_small_change_is_a_distinct_frame() -> None:
     frames[0].save(buf, "PNG", save_all=True, append_images=frames[1:])
     d = decode(buf.getvalue(), LIMITS)
     assert d.total_frames == 30 and d.views == ["frame 0", "frame 15"]
+
+
+def test_animation_tiles_are_judged_again_only_where_they_changed() -> None:
+    first = Image.new("RGB", (2400, 300), "white")
+    for x in range(0, 2400, 300):
+        first.paste(photo_image("coffee").resize((300, 300)), (x, 0))
+    second = first.copy()
+    second.paste((255, 0, 255), (10, 10, 100, 100))  # inside the first tile only
+    buf = io.BytesIO()
+    first.save(buf, "PNG", save_all=True, append_images=[second, first])
+    d = decode(buf.getvalue(), LIMITS)
+    assert d.views == ["frame 0"] + [f"frame 0 tile {i}/6" for i in range(1, 7)] + ["frame 1", "frame 1 tile 1/6"]
 
 
 def test_more_distinct_views_than_max_judged_frames_is_invalid() -> None:
