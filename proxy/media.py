@@ -402,11 +402,16 @@ class _StreamSampler:
 
 
 def _decode_video(data: bytes, mime: str, limits: MediaLimits, size: int, c: _Collector) -> Decoded:
-    """Every video stream (cover art included): one frame per second and every scene change for the first
-    120 s, then frames evenly spaced over the rest (per-second frames and scene changes alike, thinned
-    by doubling a stride), at most ``max_video_frames`` per stream; frames that duplicate one already kept
-    are dropped. A long video is therefore judged more sparsely after two minutes, and only as far as
-    ``decode_timeout_ms`` lets us decode it: past that it is refused (timeout), never accepted unjudged.
+    """Every video stream (cover art included), in one pass, at most ``max_video_frames`` frames each:
+
+    - the first 120 s: one frame per second and every scene change, up to half the budget;
+    - the rest: the same candidates, thinned evenly by a stride that doubles whenever the budget fills,
+      so a 10-minute video is judged about every 4-8 s after its first two minutes;
+    - a frame that repeats one already kept (tiny thumbnails) is dropped, in any stream.
+
+    A long video is decoded in full, so it is judged only as far as ``decode_timeout_ms`` allows: past
+    that it is refused (``timeout``, the policy's on_invalid), never accepted unjudged. All streams
+    together keep at most ``max_judged_frames``; more is ``too_many_frames``.
     """
     import av
 
@@ -432,6 +437,7 @@ def _decode_video(data: bytes, mime: str, limits: MediaLimits, size: int, c: _Co
                     c.check_deadline()
                     if not isinstance(frame, av.VideoFrame):
                         continue
+                    _check_pixels(frame.width, frame.height, limits)  # a stream may change size mid-way
                     n = counts[packet.stream.index]
                     counts[packet.stream.index] = n + 1
                     t = frame.time if frame.time is not None else float(n)
