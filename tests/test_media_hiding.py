@@ -179,22 +179,25 @@ GRID_CLEAN = ["coffee", "rocket", "chelsea", "china", "flower", "horse", "logo",
 
 
 @pytest.mark.parametrize(
-    ("flagged", "clean"),
+    ("build", "flagged", "clean"),
     [
         # 4000x300: the whole view is 448x34 and NudeNet scores the face 0.0; a 448x300 tile scores 0.84
-        (strip(["coffee", "rocket", "chelsea", FACE, "china", "flower", "horse", "logo"]),
-         strip(["coffee", "rocket", "chelsea", "china", "flower", "horse", "logo"])),
-        # 4x4 cells of 512 px: the whole view scores the face cell 0.26 (under 0.5); a tile is a cell, 0.81
-        (grid(GRID_CLEAN[:5] + [FACE] + GRID_CLEAN[5:15]), grid(GRID_CLEAN)),
+        ("strip", ["coffee", "rocket", "chelsea", FACE, "china", "flower", "horse", "logo"],
+         ["coffee", "rocket", "chelsea", "china", "flower", "horse", "logo"]),
+        # 4x4 cells of 512 px: the whole view scores the face cell 0.27-0.31 (under 0.5); a tile is a cell, 0.83
+        ("grid", GRID_CLEAN[:5] + [FACE] + GRID_CLEAN[5:15], GRID_CLEAN),
     ],
     ids=["strip", "grid"],
 )
-async def test_a_face_shrunk_by_a_strip_or_a_grid_is_found_in_a_tile(aiohttp_client, flagged: bytes, clean: bytes) -> None:
+async def test_a_face_shrunk_by_a_strip_or_a_grid_is_found_in_a_tile(
+    aiohttp_client, build: str, flagged: list[str], clean: list[str]
+) -> None:
+    make = strip if build == "strip" else grid
     client = await start(aiohttp_client, make_config(FACES))
-    status, body = await post_media(client, flagged)
+    status, body = await post_media(client, make(flagged))
     assert refused_as_face(status, body), body
     assert body["frames"] > 1  # the whole view and its tiles
-    status, body = await post_media(client, clean)
+    status, body = await post_media(client, make(clean))
     assert status == 200 and body["decided_by"] == "model", body
 
 
