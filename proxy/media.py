@@ -342,7 +342,7 @@ def _decode_image(data: bytes, mime: str, limits: MediaLimits, size: int, c: _Co
             # decode straight to the scale the views need: 2x the input for the whole view, enough for the
             # tiles to be input-sized when there are tiles
             boxes = tile_plan(width, height, size, limits.max_tiles)
-            tile = max((b[2] - b[0] for b in boxes), default=0) or max(width, height)
+            tile = max((max(b[2] - b[0], b[3] - b[1]) for b in boxes), default=max(width, height))
             scale = min(1.0, max(2 * size / max(width, height), size / tile))
             img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
         try:
