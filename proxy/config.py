@@ -141,8 +141,13 @@ class EgressConfig:
 class MediaLimits:
     max_bytes: int = option(41_943_040, "media over this is invalid (too_large)", check=positive)
     max_pixels: int = option(50_000_000, "width x height from the header; over it: too_many_pixels (bombs)", check=positive)
-    max_frames: int = option(8, "frames sampled from animations and videos; the worst decides", check=positive)
     max_total_frames: int = option(10_000, "animations with more frames are refused (too_many_frames)", check=positive)
+    max_video_frames: int = option(256, "frames judged per video stream: one a second and scene changes for 2 "
+                                   "minutes, then evenly spaced", check=positive)
+    max_tiles: int = option(16, "model-size tiles judged besides the whole view of a strip or a large image",
+                            check=positive)
+    max_judged_frames: int = option(512, "views judged for one file at most (frames, tiles, light/dark "
+                                    "composites); more: too_many_frames", check=positive)
     decode_timeout_ms: int = option(3000, "decoding budget; over it: timeout (invalid)", check=positive)
 
 

@@ -104,6 +104,8 @@ class InvalidKind(StrEnum):
     TOO_MANY_PIXELS = "too_many_pixels"
     TOO_MANY_FRAMES = "too_many_frames"
     TIMEOUT = "timeout"
+    EXTERNAL = "external"
+    """An SVG that loads something from outside itself: what it shows cannot be judged here."""
 
     @property
     def retryable(self) -> bool:

@@ -33,9 +33,9 @@ def test_extends_merges_deeply_and_refuses_cycles(tmp_path: Path) -> None:
     import yaml
 
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(config_dict()))
-    (tmp_path / "child.yaml").write_text("extends: base.yaml\npolicies: {main: {limits: {max_frames: 3}}}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\npolicies: {main: {limits: {max_tiles: 3}}}\n")
     cfg = load_config(tmp_path / "child.yaml")
-    assert cfg.policies["main"].limits.max_frames == 3
+    assert cfg.policies["main"].limits.max_tiles == 3
     assert cfg.policies["main"].actions == {"flagged": "reject"}  # the rest of the policy kept
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")

@@ -1,12 +1,17 @@
+import gzip
 import io
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from proxy.config import MediaLimits
-from proxy.media import FRAME_MAX_SIDE, MediaError, decode, sniff
+from proxy.media import DEFAULT_INPUT_SIZE, MediaError, decode, sniff, tile_plan
 from tests.support.media import animated_gif, mp4_video, png_bomb, wav_audio
-from tests.support.photos import photo
+from tests.support.photos import photo, photo_image
 
 LIMITS = MediaLimits()
 
@@ -41,22 +46,183 @@ def test_content_type_is_never_trusted() -> None:
     assert sniff(b"GIF89a" + b"\0" * 20) == "image/gif"
 
 
-def test_large_frames_are_scaled_down() -> None:
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
+
+
+@pytest.mark.parametrize(
+    ("head", "mime"),
+    [
+        (b"\x00\x00\x00\x1cftypheic\x00\x00\x00\x00mif1heic", "image/heic"),
+        (b"\x00\x00\x00\x18ftyphevc\x00\x00\x00\x00", "image/heic"),
+        (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic", "image/heif"),
+        (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1avif", "image/avif"),
+        (b"\x00\x00\x00\x20ftypavif\x00\x00\x00\x00", "image/avif"),
+        (b"\x00\x00\x00\x20ftypavis\x00\x00\x00\x00", "image/avif"),
+        (b"\xff\x0a\x00\x10", "image/jxl"),
+        (b"\x00\x00\x00\x0cJXL \r\n\x87\n\x00\x00", "image/jxl"),
+        (SVG, "image/svg+xml"),
+        (b'\xef\xbb\xbf<?xml version="1.0"?>\n<!-- made by hand -->\n<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN" '
+         b'"http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">\n' + SVG, "image/svg+xml"),
+        (b"<svg:svg xmlns:svg='http://www.w3.org/2000/svg'/>", "image/svg+xml"),
+        (gzip.compress(SVG), "image/svg+xml"),
+        (SVG.decode().encode("utf-16"), "image/svg+xml"),  # with a byte-order mark, as XML requires
+        (b"\xfe\xff" + SVG.decode().encode("utf-16-be"), "image/svg+xml"),
+        (b'<!DOCTYPE html><html><body><svg width="9"></svg></body></html>', None),  # a page with an icon
+        (b'<?xml version="1.0"?><rss version="2.0"><svg/></rss>', None),
+        (gzip.compress(b"just text"), None),
+    ],
+)
+def test_sniff_heif_jxl_and_svg(head: bytes, mime: str | None) -> None:
+    assert sniff(head) == mime
+
+
+def test_the_decoder_registers_its_own_pillow_plugins() -> None:
+    """scikit-image registers pillow-heif's opener as a side effect in tests; a server has no such luck."""
+    code = "import proxy.media; from PIL import Image; Image.init(); print('HEIF' in Image.ID, 'JXL' in Image.ID)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]
+
+
+def test_frames_come_at_the_input_size() -> None:
+    d = decode(photo("coffee"), LIMITS, input_size=224)
+    assert [f.size for f in d.frames] == [(224, 149)] and d.views == ["image"]
+    assert decode(photo("coffee"), LIMITS).frames[0].size == (DEFAULT_INPUT_SIZE, 299)
+
+
+def test_a_large_image_is_judged_whole_and_in_tiles() -> None:
     buf = io.BytesIO()
     Image.new("RGB", (3000, 2000), "blue").save(buf, "PNG")
     d = decode(buf.getvalue(), LIMITS)
-    assert max(d.frames[0].size) == FRAME_MAX_SIDE and (d.width, d.height) == (3000, 2000)
+    assert (d.width, d.height) == (3000, 2000) and d.frames[0].size == (448, 299)
+    assert d.views[0] == "image" and len(d.frames) == 1 + 15  # 5x3 tiles of 667 px
+    assert all(max(f.size) <= 448 for f in d.frames)
 
 
-def test_animation_frames_are_sampled_evenly() -> None:
-    names = ["coffee", "rocket", "chelsea", "camera"] * 5  # 20 frames
-    d = decode(animated_gif(names), MediaLimits(max_frames=4))
-    assert d.total_frames == 20 and len(d.frames) == 4
+@pytest.mark.parametrize(("w", "h"), [(4000, 300), (300, 4000), (2048, 2048), (4000, 3000), (10000, 400), (2000, 1001)])
+def test_tiles_cover_the_whole_image_within_max_tiles(w: int, h: int) -> None:
+    boxes = tile_plan(w, h, 448, 16)
+    assert 2 <= len(boxes) <= 16
+    covered = np.zeros((h, w), bool)
+    for x0, y0, x1, y1 in boxes:
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h and max(x1 - x0, y1 - y0) >= min(448, w, h)
+        covered[y0:y1, x0:x1] = True
+    assert covered.all()
 
 
-def test_video_frames_are_sampled() -> None:
-    d = decode(mp4_video(["coffee", "rocket", "chelsea", "camera", "horse", "moon"]), MediaLimits(max_frames=3))
-    assert d.mime == "video/mp4" and len(d.frames) == 3 and d.total_frames == 6
+@pytest.mark.parametrize(("w", "h"), [(600, 400), (1792, 1000), (448, 224), (400, 100)])
+def test_no_tiles_when_the_whole_view_shows_enough(w: int, h: int) -> None:
+    """Not over 4x the input nor a strip, or a strip no longer than the input: the whole view is it."""
+    assert tile_plan(w, h, 448, 16) == []
+
+
+def test_every_distinct_animation_frame_is_kept_once() -> None:
+    names = ["coffee", "rocket", "chelsea", "astronaut"] * 5  # 20 frames, 4 pictures
+    d = decode(animated_gif(names), LIMITS)
+    assert d.total_frames == 20 and len(d.frames) == 4 and d.views == ["frame 0", "frame 1", "frame 2", "frame 3"]
+
+
+def test_a_small_change_is_a_distinct_frame() -> None:
+    """A patch of 1/180 of the frame in one frame of 30 identical ones survives deduplication."""
+    base = photo_image("coffee").resize((300, 200))
+    patched = base.copy()
+    patched.paste((255, 0, 255), (100, 80, 120, 98))
+    frames = [base] * 15 + [patched] + [base] * 14
+    buf = io.BytesIO()
+    frames[0].save(buf, "PNG", save_all=True, append_images=frames[1:])
+    d = decode(buf.getvalue(), LIMITS)
+    assert d.total_frames == 30 and d.views == ["frame 0", "frame 15"]
+
+
+def test_animation_tiles_are_judged_again_only_where_they_changed() -> None:
+    first = Image.new("RGB", (2400, 300), "white")
+    for x in range(0, 2400, 300):
+        first.paste(photo_image("coffee").resize((300, 300)), (x, 0))
+    second = first.copy()
+    second.paste((255, 0, 255), (10, 10, 100, 100))  # inside the first tile only
+    buf = io.BytesIO()
+    first.save(buf, "PNG", save_all=True, append_images=[second, first])
+    d = decode(buf.getvalue(), LIMITS)
+    assert d.views == ["frame 0"] + [f"frame 0 tile {i}/6" for i in range(1, 7)] + ["frame 1", "frame 1 tile 1/6"]
+
+
+def test_more_distinct_views_than_max_judged_frames_is_invalid() -> None:
+    with pytest.raises(MediaError) as info:
+        decode(animated_gif(["coffee", "rocket", "chelsea", "astronaut"]), MediaLimits(max_judged_frames=3))
+    assert info.value.kind == "too_many_frames"
+
+
+def _video(seconds: int, fps: int, size: int = 64) -> bytes:
+    """A new random 4x4 pattern every second, held for the second."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(seconds * fps):
+            blocks = np.random.default_rng(i // fps).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+            arr = np.kron(blocks, np.ones((size // 4, size // 4, 1), np.uint8))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def test_video_frames_one_a_second_then_evenly_spread() -> None:
+    d = decode(_video(30, 2), LIMITS)
+    assert d.mime == "video/mp4" and d.total_frames == 60
+    assert [v.split(" at ")[1] for v in d.views] == [f"{s:.1f}s" for s in range(30)]
+    long = decode(_video(400, 1, 32), MediaLimits(max_video_frames=40))
+    times = [float(v.split(" at ")[1][:-1]) for v in long.views]
+    assert len(times) <= 40 and times[:20] == [float(s) for s in range(20)]  # the head: every second
+    assert max(times) >= 350  # the rest: spread to the end, not cut off
+    gaps = np.diff([t for t in times if t >= 20])
+    assert gaps.max() <= 2 * gaps.min()
+
+
+def test_exif_orientation_is_applied() -> None:
+    upright = photo_image("coffee")
+    exif = Image.Exif()
+    exif[0x0112] = 3  # stored upside down, shown upright
+    buf = io.BytesIO()
+    upright.rotate(180).save(buf, "JPEG", exif=exif, quality=95)
+    frame = np.asarray(decode(buf.getvalue(), LIMITS).frames[0], np.int16)
+    expected = np.asarray(upright.resize(decode(photo("coffee"), LIMITS).frames[0].size), np.int16)
+    assert np.abs(frame - expected).mean() < 12
+    assert np.abs(frame - expected[::-1, ::-1]).mean() > 30
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "I;16", "LA", "P"])
+def test_modes_become_rgb(mode: str) -> None:
+    img = photo_image("coffee")
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257)
+    elif mode == "LA":
+        img = img.convert("LA")
+    else:
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG" if mode == "CMYK" else "PNG")
+    d = decode(buf.getvalue(), LIMITS)
+    assert len(d.frames) == 1 and d.frames[0].mode == "RGB"
+    assert 60 < np.asarray(d.frames[0]).mean() < 200  # neither clipped white nor black
+
+
+def test_transparency_is_judged_on_light_and_dark() -> None:
+    img = photo_image("coffee").convert("RGBA")
+    img.putalpha(Image.new("L", img.size, 128))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    d = decode(buf.getvalue(), LIMITS)
+    assert d.views == ["image on light", "image on dark"]
+    light, dark = (np.asarray(f, np.int16).mean() for f in d.frames)
+    assert light > dark + 100
+    opaque = io.BytesIO()
+    photo_image("coffee").convert("RGBA").save(opaque, "PNG")
+    assert decode(opaque.getvalue(), LIMITS).views == ["image"]
 
 
 @pytest.mark.parametrize(
@@ -70,11 +236,18 @@ def test_video_frames_are_sampled() -> None:
         (b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, "corrupt"),
         (b"\x00\x00\x00\x18ftypisom" + b"\x00" * 64, "corrupt"),
         (png_bomb(), "too_many_pixels"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'><use href='icons.svg#cat'/></svg>", "external"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'><foreignObject><img xmlns='http://www.w3.org/1999/xhtml' "
+         b"srcset='data:image/gif;base64,R0lGODlhAQABAAAAACw= 1x, https://example.invalid/a.jpg 2x'/></foreignObject></svg>",
+         "external"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'><style>@import 'https://example.invalid/x.css';</style></svg>", "external"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'><rect", "corrupt"),
+        (gzip.compress(b"<svg xmlns='http://www.w3.org/2000/svg'><desc>" + b" " * 3_000_000 + b"</desc></svg>"), "too_large"),
     ],
 )
 def test_hostile_media_gets_a_defined_error(data: bytes, kind: str) -> None:
     with pytest.raises(MediaError) as info:
-        decode(data, LIMITS)
+        decode(data, MediaLimits(max_bytes=2_000_000))
     assert info.value.kind == kind
 
 
@@ -89,5 +262,5 @@ def test_byte_and_frame_limits() -> None:
 
 def test_decode_time_limit() -> None:
     with pytest.raises(MediaError) as info:
-        decode(mp4_video(["coffee"] * 8), MediaLimits(decode_timeout_ms=1, max_frames=8))
+        decode(mp4_video(["coffee"] * 8), MediaLimits(decode_timeout_ms=1))
     assert info.value.kind in ("timeout",)

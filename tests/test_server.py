@@ -215,7 +215,7 @@ async def test_timeout_applies_on_error(aiohttp_client: Client) -> None:
 
 
 async def test_overload_answers_503_with_retry_after_and_counts(aiohttp_client: Client) -> None:
-    cfg = make_config(policy(NEVER, limits={"max_frames": 8}), classifier={"max_queue": 1, "max_batch": 1, "max_wait_ms": 0})
+    cfg = make_config(policy(NEVER), classifier={"max_queue": 1, "max_batch": 1, "max_wait_ms": 0})
     client = await start(aiohttp_client, cfg)
     gif = animated_gif(["coffee", "rocket", "camera", "moon"] * 2)  # 8 frames against a queue of 1
     results = await asyncio.gather(*(post_media(client, gif) for _ in range(3)))
