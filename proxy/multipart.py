@@ -27,10 +27,12 @@ why, was measured against the real parsers (tests/test_multipart_differential.py
 - Content-Disposition: ``form-data`` then ``name`` (required) and ``filename`` (optional), lower case,
   each once, nothing else (no ``filename*``/``name*``/continuations: PHP ignores them, Rack and busboy
   prefer different ones); values quoted or plain tokens, no backslash escapes. The name is
-  ``key`` or ``key[sub]...`` of ``A-Z a-z 0-9 _ -`` (PHP rewrites ``.`` and spaces), ``[]`` only last.
-  The filename is valid UTF-8 without ``/ \\ % ;`` or controls (parsers differ on paths and Rack
-  percent-decodes); ``filename=""`` only on an empty part (an unfilled file input).
-- names: no name twice unless it ends in ``[]``, and no name that is a prefix of another in bracket terms
+  ``key`` or ``key[sub][]...`` of ``A-Z a-z 0-9 _ -`` (PHP rewrites ``.`` and spaces). The filename is
+  valid UTF-8 without ``/``, ``\\``, ``;``, ``"`` or controls, sent or ``%XX``-escaped (undici and Go
+  keep paths the others cut; Rack percent-decodes the name, which aiohttp and browsers escape, so Rack's
+  application sees ``café.jpg`` where the others see ``caf%C3%A9.jpg``: the same bytes, which we judge);
+  ``filename=""`` only on an empty part (an unfilled file input).
+- names: no name twice unless it holds ``[]``, and no name that is a prefix of another in bracket terms
   (``images`` beside ``images[]``): Rack and PHP keep only the last of such parts, the others keep all.
 
 ``Part.is_file`` says which parts a backend may store as a file; those are what the proxy judges.
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from .media import sniff
 
@@ -57,8 +60,8 @@ _BOUNDARY = re.compile(r"[A-Za-z0-9+_.-]([A-Za-z0-9+_. -]{0,68}[A-Za-z0-9+_.])?"
 _CTYPE_PARAM = re.compile(r';[ \t]*([A-Za-z0-9-]+)=("[^"\\]*"|[!#$&+.^_`|~0-9A-Za-z\'*%-]+)[ \t]*')
 _HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(.*)", re.DOTALL)
 _DISP_PARAM = re.compile(rb';[ \t]*([A-Za-z0-9*-]+)=("[^"\\]*"|' + _TOKEN + rb")")
-_NAME = re.compile(r"[A-Za-z0-9_-]+(\[[A-Za-z0-9_-]+\])*(\[\])?")
-_FILENAME_BAD = re.compile(r'[\x00-\x1f\x7f/\\%;"]')
+_NAME = re.compile(r"[A-Za-z0-9_-]+(\[[A-Za-z0-9_-]*\])*")
+_FILENAME_BAD = re.compile(r'[\x00-\x1f\x7f/\\;"]')
 _ALLOWED_CTE = frozenset({"binary", "8bit", "7bit"})
 _FILE_TYPES = ("image/", "video/", "audio/", "application/octet-stream")
 
@@ -166,7 +169,7 @@ def _disposition(value: bytes) -> tuple[str, str | None]:
     if name is None or not _NAME.fullmatch(name):
         raise MultipartError(f"missing or unsupported part name {name!r}")
     filename = params.get(b"filename")
-    if filename is not None and _FILENAME_BAD.search(filename):
+    if filename is not None and (_FILENAME_BAD.search(filename) or _FILENAME_BAD.search(unquote(filename))):
         raise MultipartError(f"unsupported characters in filename {filename[:80]!r}")
     return name, filename
 
@@ -230,7 +233,7 @@ def _check_names(parts: list[Part]) -> None:
     if len(names) != len(parts):
         seen: set[str] = set()
         for p in parts:
-            if p.name in seen and not p.name.endswith("[]"):
+            if p.name in seen and "[]" not in p.name:
                 raise MultipartError(f"part name {p.name!r} used twice")
             seen.add(p.name)
     paths = {_segments(n): n for n in names}
