@@ -28,10 +28,10 @@ why, was measured against the real parsers (tests/test_multipart_differential.py
   each once, nothing else (no ``filename*``/``name*``/continuations: PHP ignores them, Rack and busboy
   prefer different ones); values quoted or plain tokens, no backslash escapes. The name is
   ``key`` or ``key[sub][]...`` of ``A-Z a-z 0-9 _ -`` (PHP rewrites ``.`` and spaces). The filename is
-  valid UTF-8 without ``/``, ``\\``, ``;``, ``"`` or controls, sent or ``%XX``-escaped (undici and Go
-  keep paths the others cut; Rack percent-decodes the name, which aiohttp and browsers escape, so Rack's
-  application sees ``café.jpg`` where the others see ``caf%C3%A9.jpg``: the same bytes, which we judge);
-  ``filename=""`` only on an empty part (an unfilled file input).
+  valid UTF-8 without ``/``, ``\\``, ``;``, ``"`` or controls, nor ``/``, ``\\`` or controls
+  ``%XX``-escaped (undici and Go keep paths the others cut; Rack percent-decodes the name, which aiohttp
+  and browsers escape, so Rack's application sees ``café.jpg`` where the others see ``caf%C3%A9.jpg``:
+  the same bytes, which we judge); ``filename=""`` only on an empty part (an unfilled file input).
 - names: no name twice unless it holds ``[]``, and no name that is a prefix of another in bracket terms
   (``images`` beside ``images[]``): Rack and PHP keep only the last of such parts, the others keep all.
 
@@ -62,6 +62,7 @@ _HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(.*)", re.DOTALL)
 _DISP_PARAM = re.compile(rb';[ \t]*([A-Za-z0-9*-]+)=("[^"\\]*"|' + _TOKEN + rb")")
 _NAME = re.compile(r"[A-Za-z0-9_-]+(\[[A-Za-z0-9_-]*\])*")
 _FILENAME_BAD = re.compile(r'[\x00-\x1f\x7f/\\;"]')
+_DECODED_FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
 _ALLOWED_CTE = frozenset({"binary", "8bit", "7bit"})
 _FILE_TYPES = ("image/", "video/", "audio/", "application/octet-stream")
 
@@ -70,7 +71,8 @@ _FILE_TYPES = ("image/", "video/", "audio/", "application/octet-stream")
 class Part:
     name: str
     filename: str | None
-    """The filename parameter as sent ('' for an unfilled file input), None when absent."""
+    """The filename parameter as sent ('' for an unfilled file input), None when absent. Applications may
+    see it otherwise: Rack percent-decodes it, undici turns ``%22`` back into ``"``."""
     content_type: str | None
     start: int
     """Offset of this part's delimiter line ('--boundary') in the body."""
@@ -169,7 +171,7 @@ def _disposition(value: bytes) -> tuple[str, str | None]:
     if name is None or not _NAME.fullmatch(name):
         raise MultipartError(f"missing or unsupported part name {name!r}")
     filename = params.get(b"filename")
-    if filename is not None and (_FILENAME_BAD.search(filename) or _FILENAME_BAD.search(unquote(filename))):
+    if filename is not None and (_FILENAME_BAD.search(filename) or _DECODED_FILENAME_BAD.search(unquote(filename))):
         raise MultipartError(f"unsupported characters in filename {filename[:80]!r}")
     return name, filename
 

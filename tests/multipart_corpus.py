@@ -237,6 +237,7 @@ def cases() -> list[Case]:
     add("filename_percent_literal", "a literal percent sign, no escape, in the filename", file_part(jpg, b'"100% real.jpg"') + close())
     add("filename_percent_utf8", "a UTF-8 filename percent-escaped, as aiohttp sends it", file_part(jpg, b'"caf%C3%A9.jpg"') + close())
     add("filename_percent_slash", "a percent-escaped slash in the filename", file_part(jpg, b'"photos%2Fcoffee.jpg"') + close())
+    add("filename_browser_escaped_quote", 'a browser\'s escape of a quote, %22, in the filename', file_part(jpg, b'"say %22hi%22.jpg"') + close())
     add("array_then_plain", "images[] then images", file_part(jpg, name=b'"images[]"') + file_part(jpg2, b'"camera.jpg"', b'"images"') + close())
     return out
 
@@ -407,6 +408,8 @@ def conflicts(case: Case, report: dict, parser: str = "") -> list[str]:
     problems = []
     if parser == "rack":
         mine["parts"] = [{**p, "filename": rack_filename(p["filename"])} for p in mine["parts"]]
+    if parser == "undici":  # undici undoes the WHATWG escapes of '"', CR and LF in filenames
+        mine["parts"] = [{**p, "filename": p["filename"] and p["filename"].replace("%22", '"')} for p in mine["parts"]]
     if visible(mine["parts"]) != visible(report["parts"]):
         problems.append(f"parts differ: ours {visible(mine['parts'])} theirs {visible(report['parts'])}")
     judged = {(_name(p["name"]), p["sha256"]) for p in mine["parts"] if p["file"]}
@@ -455,3 +458,64 @@ if __name__ == "__main__":
         print(f"\n{c.id}: {c.label}")
         for name, view in views.items():
             print(f"    {name:7} {view}")
+
+
+# -- real clients' bodies: what the strict parser must keep accepting -------------------------------------
+
+
+def encode_node(photo_bytes: bytes) -> tuple[bytes, str]:
+    """Node's fetch FormData (undici) serialisation."""
+    node = shutil.which("node")
+    if node is None:
+        raise Unavailable(f"no node: {INSTALL_HINT}")
+    return _encoded([node, str(PARSERS_DIR / "node" / "encode.js")], photo_bytes)
+
+
+def encode_go(photo_bytes: bytes) -> tuple[bytes, str]:
+    """Go's mime/multipart.Writer."""
+    run_go([])  # builds the binary
+    return _encoded([str(BUILD_DIR / "go-multipart"), "encode"], photo_bytes)
+
+
+def _encoded(argv: list[str], photo_bytes: bytes) -> tuple[bytes, str]:
+    proc = subprocess.run(argv, input=photo_bytes, capture_output=True, timeout=60, check=True)
+    out = json.loads(proc.stdout)
+    return base64.b64decode(out["body_b64"]), out["content_type"]
+
+
+def encode_curl(photo_bytes: bytes, tmp: Path) -> tuple[bytes, str]:
+    """curl -F, caught by a one-request server on loopback."""
+    import threading
+
+    curl = shutil.which("curl")
+    if curl is None:
+        raise Unavailable("no curl: apt-get install curl")
+    (tmp / "coffee.jpg").write_bytes(photo_bytes)
+    got: dict[str, bytes] = {}
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
+            while len(body) < length:
+                body += conn.recv(65536)
+            got["head"], got["body"] = head, body
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        subprocess.run([curl, "-sS", "-H", "Expect:", "-F", "description=a cup of coffee",
+                        "-F", "file=@coffee.jpg;type=image/jpeg;filename=café (1).jpg", f"http://127.0.0.1:{port}/upload"],
+                       cwd=tmp, capture_output=True, timeout=30, check=True)
+        thread.join(10)
+    finally:
+        server.close()
+    ctype = re.search(rb"(?im)^content-type:\s*(.+?)\r?$", got["head"]).group(1).decode()  # type: ignore[union-attr]
+    return got["body"], ctype

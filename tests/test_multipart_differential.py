@@ -9,12 +9,17 @@ A parser that is not installed is skipped with the command that installs it.
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
 from proxy.multipart import MultipartError, parse
 
-from .multipart_corpus import BUILD_DIR, PARSERS, Case, Unavailable, cases, conflicts, disagreements, ours, summary
+from .multipart_corpus import (
+    BUILD_DIR, PARSERS, Case, Unavailable, cases, conflicts, disagreements, encode_curl, encode_go, encode_node, ours, summary,
+)
+from .photos import photo
 
 CORPUS = cases()
 
@@ -98,3 +103,22 @@ def test_every_accepted_body_strips_cleanly() -> None:
                 continue
             rest = parse(mp.without({i}), c.content_type)
             assert [p.content(rest.body) for p in rest.parts] == [p.content(c.body) for j, p in enumerate(mp.parts) if j != i]
+
+
+@pytest.mark.parametrize("client", ["node", "go", "curl"])
+def test_real_clients_bodies_are_accepted(client: str, tmp_path: Path) -> None:
+    jpeg = photo("coffee")
+    try:
+        if client == "node":
+            body, ctype = encode_node(jpeg)
+        elif client == "go":
+            body, ctype = encode_go(jpeg)
+        else:
+            body, ctype = encode_curl(jpeg, tmp_path)
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    mp = parse(body, ctype)
+    files = [mp.parts[i] for i in mp.files()]
+    assert [(p.name, p.content(body)) for p in files] == [("file", jpeg)]
+    assert unquote(files[0].filename or "").replace("%22", '"') == "café (1).jpg"
+    assert [p.name for p in mp.parts if not p.is_file] == ["description"]

@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"os"
 	"sort"
@@ -85,7 +86,24 @@ func run(c inCase) result {
 	return result{ID: c.ID, Ok: true, Parts: parts}
 }
 
+// encode writes the photo on stdin as Go's mime/multipart.Writer sends it (GoToSocial's own outgoing
+// requests, Go clients): {content_type, body_b64} on stdout.
+func encode() {
+	photo, _ := io.ReadAll(os.Stdin)
+	var buf bytes.Buffer
+	w := multipart.NewWriter(&buf)
+	w.WriteField("description", "a cup of coffee")
+	f, _ := w.CreateFormFile("file", "café (1).jpg")
+	f.Write(photo)
+	w.Close()
+	json.NewEncoder(os.Stdout).Encode(map[string]string{"content_type": w.FormDataContentType(), "body_b64": base64.StdEncoding.EncodeToString(buf.Bytes())})
+}
+
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "encode" {
+		encode()
+		return
+	}
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 1<<20), 256<<20)
 	out := json.NewEncoder(os.Stdout)
