@@ -114,6 +114,15 @@ class Multipart:
         return b"".join(out)
 
 
+def is_multipart(content_type: str | None) -> bool:
+    """Whether some backend parser may read a body with this Content-Type as multipart, so the proxy must
+    ``parse`` it (and refuse it when that fails) rather than forward it unjudged. Deliberately wide: Rack
+    and PHP parse ``multipart/form-data, text/plain; boundary=..`` (aiohttp calls it
+    application/octet-stream), undici parses ``text/plain, multipart/form-data; boundary=..``, Rack parses
+    any ``multipart/*``. Pass every Content-Type header of the request joined with ", "."""
+    return content_type is not None and "multipart" in content_type.lower()
+
+
 def boundary_of(content_type: str | None) -> bytes:
     """The boundary of a multipart/form-data Content-Type; MultipartError unless it is plain."""
     if not content_type:

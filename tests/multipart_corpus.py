@@ -117,6 +117,14 @@ def cases() -> list[Case]:
     add("ctype_upper", "Multipart/Form-Data", std, f"Multipart/Form-Data; boundary={B.decode()}")
     add("ctype_charset", "charset param on the outer Content-Type", std, ct(extra="; charset=utf-8"))
     add("ctype_extra_param", "an unknown extra param", std, ct(extra="; foo=bar"))
+    add("ctype_leading_space", "a space before the media type", std, " " + ct())
+    add("ctype_space_before_semicolon", "a space between the media type and ';'", std, f"multipart/form-data ; boundary={B.decode()}")
+    add("ctype_list", "a second media type after a comma", std, f"text/plain, multipart/form-data; boundary={B.decode()}")
+    add("ctype_list_first", "multipart first in a comma list", std, f"multipart/form-data, text/plain; boundary={B.decode()}")
+    add("ctype_x_prefix", "multipart/x-form-data", std, f"multipart/x-form-data; boundary={B.decode()}")
+    add("ctype_text_with_boundary", "text/plain with a boundary param", std, f"text/plain; boundary={B.decode()}")
+    add("ctype_form_data_only", "form-data; boundary=.. without multipart/", std, f"form-data; boundary={B.decode()}")
+    add("ctype_octet_with_boundary", "application/octet-stream with a boundary param", std, f"application/octet-stream; boundary={B.decode()}")
     add("ctype_mixed", "multipart/mixed outer type", std, f"multipart/mixed; boundary={B.decode()}")
     add("ctype_related", "multipart/related outer type", std, f"multipart/related; boundary={B.decode()}")
 
@@ -419,15 +427,17 @@ def conflicts(case: Case, report: dict, parser: str = "") -> list[str]:
     return problems
 
 
-def files(parts: list[dict]) -> list[tuple[str, str | None]]:
+def files(parts: list[dict]) -> list[tuple[str | None, str | None]]:
     """The (name, sha256) of what the application gets as an uploaded file."""
     return sorted(((p.get("name"), p.get("sha256")) for p in parts if p.get("file") and (p.get("size") or p.get("filename"))), key=repr)
 
 
 def summary(report: dict) -> str:
+    """One line: each part the application gets as name:filename:sha256-prefix, '*' marking files."""
     if not report["ok"]:
         return "error: " + str(report.get("error"))[:60]
-    return "; ".join(f"{n}:{f!r}:{(s or '')[:6]}" for n, f, s in visible(report["parts"])) or "(nothing)"
+    files = {(_name(p.get("name")), p.get("sha256")) for p in report["parts"] if p.get("file")}
+    return "; ".join(f"{n}:{f!r}:{(s or '')[:6]}{'*' if (n, s) in files else ''}" for n, f, s in visible(report["parts"])) or "(nothing)"
 
 
 def run_all(corpus: list[Case]) -> tuple[dict[str, dict[str, dict]], dict[str, str]]:

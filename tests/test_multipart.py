@@ -206,7 +206,7 @@ def test_real_clients_bodies_are_accepted() -> None:
     bodies.append(("urllib3", b, ctype))
     prep = requests.Request("POST", "http://localhost/", files={"file": ("café ☕ (1).jpg", jpeg, "image/jpeg")}, data={"description": "hi"}).prepare()
     assert isinstance(prep.body, bytes)
-    bodies.append(("requests", prep.body, prep.headers["Content-Type"]))
+    bodies.append(("requests", prep.body, str(prep.headers["Content-Type"])))
     b, ctype = form(("file", jpeg, "café ☕ (1).jpg"), ("description", b"hi", None))
     bodies.append(("aiohttp", b, ctype))
     for client, body, ctype in bodies:
@@ -214,3 +214,21 @@ def test_real_clients_bodies_are_accepted() -> None:
         files = [mp.parts[i] for i in mp.files()]
         assert [(p.name, p.content(body)) for p in files] == [("file", jpeg)], client
         assert unquote(files[0].filename or "") == "café ☕ (1).jpg", client  # aiohttp percent-escapes it
+
+
+@pytest.mark.parametrize(
+    ("ctype", "expected"),
+    [
+        ("multipart/form-data; boundary=b", True),
+        ("multipart/form-data, text/plain; boundary=b", True),  # aiohttp: application/octet-stream; Rack, PHP: multipart
+        ("text/plain, multipart/form-data; boundary=b", True),  # undici parses it
+        ("MULTIPART/MIXED; boundary=b", True),  # Rack parses any multipart/*
+        ("application/json", False),
+        ("text/plain; boundary=b", False),
+        (None, False),
+    ],
+)
+def test_is_multipart_is_wide(ctype: str | None, expected: bool) -> None:
+    from proxy.multipart import is_multipart
+
+    assert is_multipart(ctype) is expected

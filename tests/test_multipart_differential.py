@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from proxy.multipart import MultipartError, parse
+from proxy.multipart import MultipartError, is_multipart, parse
 
 from .multipart_corpus import (
     BUILD_DIR, PARSERS, Case, Unavailable, cases, conflicts, disagreements, encode_curl, encode_go, encode_node, ours, summary,
@@ -62,6 +62,16 @@ def test_ours_refuses_or_agrees(parser: str, reports: dict[str, dict[str, dict] 
     assert set(results) == {c.id for c in CORPUS}, "the harness lost cases"
     failures = {c.id: problems for c in CORPUS if (problems := conflicts(c, results[c.id], parser))}
     assert not failures, json.dumps(failures, indent=1)
+
+
+def test_every_body_a_parser_reads_is_one_we_parse(reports: dict[str, dict[str, dict] | str]) -> None:
+    """A Content-Type the proxy does not take for multipart is forwarded unparsed: no parser may find parts in it."""
+    ran = {n: r for n, r in reports.items() if isinstance(r, dict)}
+    if not ran:
+        pytest.skip("no parser ran; run scripts/install-test-tools.sh")
+    missed = [(c.id, n) for c in CORPUS for n, r in ran.items() if r[c.id]["ok"] and r[c.id]["parts"] and not is_multipart(c.content_type)]
+    assert not missed
+    assert not is_multipart("application/json") and not is_multipart(None)
 
 
 def test_parsers_really_disagree(reports: dict[str, dict[str, dict] | str]) -> None:
