@@ -4,8 +4,8 @@ Uploads must reach the backend byte for byte, and ``strip`` must remove flagged 
 the rest. So the body is parsed into spans of the original bytes: forwarding all parts reproduces the
 body exactly, and dropping parts cuts their spans out and leaves every other byte as it was.
 
-The backend parses the bytes we forward with its own parser (Rack, busboy, undici, Go's mime/multipart,
-PHP, Plug, multer). Where two parsers could read a body differently, an attacker can hide a file from us
+The backend parses the bytes we forward with its own parser (Rack, @fastify/busboy, busboy, undici, Go's
+mime/multipart, PHP, Plug, multer). Where two parsers could read a body differently, an attacker can hide a file from us
 that the backend stores. So ``parse`` accepts only the plain form every browser and HTTP library sends, and
 raises ``MultipartError`` (the proxy answers 400, never forwards) on anything else. What it refuses, and
 why, was measured against the real parsers (tests/test_multipart_differential.py):

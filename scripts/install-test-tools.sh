@@ -32,7 +32,7 @@ fi
 
 if command -v npm >/dev/null; then
     node_dir=tests/parsers/node
-    if [ ! -d "$node_dir/node_modules/busboy" ] || [ "$node_dir/package-lock.json" -nt "$node_dir/node_modules/.package-lock.json" ]; then
+    if [ ! -d "$node_dir/node_modules/busboy" ] || [ ! -d "$node_dir/node_modules/@fastify/busboy" ] || [ "$node_dir/package-lock.json" -nt "$node_dir/node_modules/.package-lock.json" ]; then
         (cd "$node_dir" && npm ci --no-audit --no-fund --ignore-scripts --prefer-offline --fetch-retries=1 --fetch-timeout=30000 >/dev/null 2>&1) \
             || note "npm ci in $node_dir failed (registry unreachable?); busboy's tests will skip"
     fi

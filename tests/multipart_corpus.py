@@ -288,13 +288,18 @@ def _node(which: str, corpus: list[Case]) -> dict[str, dict]:
     node = shutil.which("node")
     if node is None:
         raise Unavailable(f"no node: {INSTALL_HINT} (apt-get install nodejs npm)")
-    if which == "busboy" and not (PARSERS_DIR / "node" / "node_modules" / "busboy").is_dir():
-        raise Unavailable(f"busboy not installed: {INSTALL_HINT} (npm ci in tests/parsers/node)")
+    module = {"busboy": "busboy", "fastify": "@fastify/busboy"}.get(which)
+    if module and not (PARSERS_DIR / "node" / "node_modules" / module).is_dir():
+        raise Unavailable(f"{module} not installed: {INSTALL_HINT} (npm ci in tests/parsers/node)")
     return _pipe([node, str(PARSERS_DIR / "node" / "parse.js"), which], corpus, cwd=PARSERS_DIR / "node")
 
 
 def run_busboy(corpus: list[Case]) -> dict[str, dict]:
     return _node("busboy", corpus)
+
+
+def run_fastify_busboy(corpus: list[Case]) -> dict[str, dict]:
+    return _node("fastify", corpus)
 
 
 def run_undici(corpus: list[Case]) -> dict[str, dict]:
@@ -361,11 +366,13 @@ def run_php(corpus: list[Case]) -> dict[str, dict]:
 PARSERS: dict[str, Callable[[list[Case]], dict[str, dict]]] = {
     "rack": run_rack,
     "busboy": run_busboy,
+    "fastify-busboy": run_fastify_busboy,
     "undici": run_undici,
     "go": run_go,
     "php": run_php,
 }
-"""Rack (Mastodon), busboy (Misskey, via @fastify/multipart), Node's Request.formData (undici),
+"""Rack (Mastodon), busboy (multer, Express), @fastify/busboy (Misskey, via @fastify/multipart), Node's
+Request.formData (undici),
 Go mime/multipart via Request.ParseMultipartForm (GoToSocial, gin), PHP (Pixelfed)."""
 
 

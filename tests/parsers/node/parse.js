@@ -1,5 +1,6 @@
 // Reads JSONL cases {id, content_type, body_b64} on stdin; prints JSONL {id, ok, parts, error}.
-// argv[2] = "busboy": npm busboy as @fastify/multipart drives it (Misskey), defParamCharset utf8;
+// argv[2] = "busboy": npm busboy (multer, Express apps), defParamCharset utf8;
+// argv[2] = "fastify": @fastify/busboy, which @fastify/multipart (Misskey) actually runs;
 // argv[2] = "undici": Node's built-in `new Request(...).formData()`.
 'use strict';
 const crypto = require('crypto');
@@ -47,6 +48,46 @@ function viaBusboy(contentType, body) {
   });
 }
 
+function viaFastifyBusboy(contentType, body) {
+  const { Busboy } = require('@fastify/busboy');
+  return new Promise((resolve) => {
+    const parts = [];
+    let pending = 0;
+    let finished = false;
+    let done = false;
+    // a body it cannot make sense of may leave it waiting for more: the application's request never ends
+    const timer = setTimeout(() => settle({ ok: false, parts: [], error: 'parser never finished' }), 500);
+    const settle = (result) => { if (!done) { done = true; clearTimeout(timer); resolve(result); } };
+    const finish = () => { if (finished && pending === 0) settle({ ok: true, parts }); };
+    let bb;
+    try {
+      bb = new Busboy({ headers: { 'content-type': contentType }, defParamCharset: 'utf8', defCharset: 'latin1' });
+    } catch (e) {
+      settle({ ok: false, parts: [], error: String(e.message) });
+      return;
+    }
+    bb.on('file', (name, stream, filename) => {
+      pending++;
+      const chunks = [];
+      stream.on('data', (c) => chunks.push(c));
+      stream.on('error', (e) => settle({ ok: false, parts: [], error: String(e.message) }));
+      stream.on('end', () => {
+        const data = Buffer.concat(chunks);
+        parts.push({ name: name === undefined ? null : name, filename: filename === undefined ? null : filename, sha256: sha(data), size: data.length, file: true });
+        pending--;
+        finish();
+      });
+    });
+    bb.on('field', (name, value) => {
+      const data = Buffer.from(value, 'latin1');
+      parts.push({ name: name === undefined ? null : name, filename: null, sha256: sha(data), size: data.length, file: false });
+    });
+    bb.on('error', (e) => settle({ ok: false, parts: [], error: String(e.message) }));
+    bb.on('finish', () => { finished = true; finish(); });
+    bb.end(body);
+  });
+}
+
 async function viaUndici(contentType, body) {
   try {
     const req = new Request('http://localhost/upload', { method: 'POST', headers: { 'content-type': contentType }, body });
@@ -70,7 +111,7 @@ async function viaUndici(contentType, body) {
 
 async function main() {
   const which = process.argv[2];
-  const parse = which === 'undici' ? viaUndici : viaBusboy;
+  const parse = { undici: viaUndici, busboy: viaBusboy, fastify: viaFastifyBusboy }[which];
   const rl = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
   for await (const line of rl) {
     if (!line.trim()) continue;
