@@ -4,11 +4,12 @@ Uploads must reach the backend byte for byte, and ``strip`` must remove flagged 
 the rest. So the body is parsed into spans of the original bytes: forwarding all parts reproduces the
 body exactly, and dropping parts cuts their spans out and leaves every other byte as it was.
 
-The backend parses the bytes we forward with its own parser (Rack, @fastify/busboy, busboy, undici, Go's
-mime/multipart, PHP, Plug, multer). Where two parsers could read a body differently, an attacker can hide a file from us
-that the backend stores. So ``parse`` accepts only the plain form every browser and HTTP library sends, and
-raises ``MultipartError`` (the proxy answers 400, never forwards) on anything else. What it refuses, and
-why, was measured against the real parsers (tests/test_multipart_differential.py):
+The backend parses the bytes we forward with its own parser (Rack, @fastify/busboy, busboy, undici,
+Go's mime/multipart, PHP, Plug, multer). Where two parsers could read a body differently, an attacker
+can hide a file from us that the backend stores. So ``parse`` accepts only the plain form that browsers
+and HTTP libraries send, and raises ``MultipartError`` (the proxy answers 400, never forwards) on
+anything else. What it refuses, and why, was measured against the real parsers
+(tests/test_multipart_differential.py):
 
 - outer Content-Type: ``multipart/form-data`` with a ``boundary`` (exactly once) and at most a
   ``charset``; no other parameter (PHP finds ``boundary=`` inside ``xboundary=``), no ``boundary*``, no
@@ -20,18 +21,23 @@ why, was measured against the real parsers (tests/test_multipart_differential.py
   ``--boundary`` CRLF (no transport padding: Go accepts it, busboy and PHP do not), and ``--boundary``
   occurs nowhere else in the body: not in content (Rack ends a part at ``--boundary`` without a CRLF before
   it; Go and busboy split ``CRLF--boundaryX`` differently), not after a bare LF (Go switches to LF mode).
-- part headers: CRLF-separated ``Name: value`` lines of visible ASCII (UTF-8 allowed in quoted values),
-  no folding, no NUL or bare CR/LF, at most ``MAX_HEADER_BYTES``; exactly one Content-Disposition, at
-  most one Content-Type and Content-Transfer-Encoding, the latter only ``binary``, ``8bit``, ``7bit``
-  (undici decodes base64, Go decodes quoted-printable, the others do neither). No ``multipart/*`` part.
-- Content-Disposition: ``form-data`` then ``name`` (required) and ``filename`` (optional), lower case,
-  each once, nothing else (no ``filename*``/``name*``/continuations: PHP ignores them, Rack and busboy
-  prefer different ones); values quoted or plain tokens, no backslash escapes. The name is
-  ``key`` or ``key[sub][]...`` of ``A-Z a-z 0-9 _ -`` (PHP rewrites ``.`` and spaces). The filename is
-  valid UTF-8 without ``/``, ``\\``, ``;``, ``"`` or controls, nor ``/``, ``\\`` or controls
-  ``%XX``-escaped (undici and Go keep paths the others cut; Rack percent-decodes the name, which aiohttp
-  and browsers escape, so Rack's application sees ``café.jpg`` where the others see ``caf%C3%A9.jpg``:
-  the same bytes, which we judge); ``filename=""`` only on an empty part (an unfilled file input).
+- part headers: CRLF-separated ``Name: value`` lines, no folding, no NUL or bare CR/LF, at most
+  ``MAX_HEADER_BYTES``; only Content-Disposition (exactly once), Content-Type, Content-Transfer-Encoding
+  and Content-Length (each at most once). Rack finds ``Content-Disposition: ..; name=`` and
+  ``Content-Type:`` anywhere in a part's head, inside other headers too. Content-Transfer-Encoding only
+  ``binary``, ``8bit``, ``7bit`` (undici decodes base64, Go quoted-printable, the others neither); a
+  Content-Length must match the content; a Content-Type is ``type/subtype`` with plain parameters, not
+  ``multipart/*``.
+- Content-Disposition: ``form-data``, then ``name``, then optionally ``filename``, lower case, each once;
+  ``filename*`` only as ``utf-8''..`` repeating ``filename`` exactly (.NET sends both; Rack and PHP read
+  filename, busboy and Go filename*), no ``name*`` or continuations; values quoted (no backslash escapes)
+  or tokens. ``name`` first: Rack reads it with ``/Content-Disposition:[^:]*;\\s*name=/``, which a ``:``
+  in an earlier filename defeats. The name is ``key`` or ``key[sub][]..`` of ``A-Z a-z 0-9 _ -`` (PHP
+  rewrites ``.`` and spaces). The filename is valid UTF-8 without ``/``, ``\\``, ``;``, ``"`` or controls,
+  nor ``/``, ``\\`` or controls ``%XX``-escaped (undici and Go keep paths the others cut; Rack
+  percent-decodes the name, which aiohttp and browsers escape, so Rack's application sees ``café.jpg``
+  where the others see ``caf%C3%A9.jpg``: the same bytes, which we judge); ``filename=""`` only on an
+  empty part (an unfilled file input).
 - names: no name twice unless it holds ``[]``, and no name that is a prefix of another in bracket terms
   (``images`` beside ``images[]``): Rack and PHP keep only the last of such parts, the others keep all.
 
@@ -59,7 +65,10 @@ _TOKEN = rb"[!#$&+.^_`|~0-9A-Za-z-]+"
 _BOUNDARY = re.compile(r"[A-Za-z0-9+_.-]([A-Za-z0-9+_. -]{0,68}[A-Za-z0-9+_.])?")
 _CTYPE_PARAM = re.compile(r';[ \t]*([A-Za-z0-9-]+)=("[^"\\]*"|[!#$&+.^_`|~0-9A-Za-z\'*%-]+)[ \t]*')
 _HEADER = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(.*)", re.DOTALL)
-_DISP_PARAM = re.compile(rb';[ \t]*([A-Za-z0-9*-]+)=("[^"\\]*"|' + _TOKEN + rb")")
+_DISP_PARAM = re.compile(rb';[ \t]*([A-Za-z0-9*-]+)=("[^"\\]*"|[^\s;"]+)')
+_EXT_VALUE = re.compile(rb"(?i:utf-8)''([!#$&+.^_`|~0-9A-Za-z%-]+)")
+_PART_HEADERS = frozenset({"content-disposition", "content-type", "content-transfer-encoding", "content-length"})
+_PART_CTYPE = re.compile(rb'[!#$&+.^_`|~0-9A-Za-z-]+/[!#$&+.^_`|~0-9A-Za-z-]+(;[ \t]*[!#$&+.^_`|~0-9A-Za-z-]+=("[^"\\:;]*"|[!#$&+.^_`|~0-9A-Za-z-]+))*')
 _NAME = re.compile(r"[A-Za-z0-9_-]+(\[[A-Za-z0-9_-]*\])*")
 _FILENAME_BAD = re.compile(r'[\x00-\x1f\x7f/\\;"]')
 _DECODED_FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
@@ -153,39 +162,54 @@ def boundary_of(content_type: str | None) -> bytes:
     return boundary.encode("ascii")
 
 
-def _quoted_or_token(raw: bytes, what: str) -> str:
-    value = raw[1:-1] if raw.startswith(b'"') else raw
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MultipartError(f"{what} is not UTF-8") from None
-
-
 def _disposition(value: bytes) -> tuple[str, str | None]:
     kind, _, _ = value.partition(b";")
     if kind.strip().lower() != b"form-data" or kind != kind.rstrip():
         raise MultipartError(f"Content-Disposition is not form-data: {value[:80]!r}")
-    params: dict[bytes, str] = {}
+    params: dict[bytes, bytes] = {}
     pos = len(kind)
     while pos < len(value):
         m = _DISP_PARAM.match(value, pos)
         if m is None:
             raise MultipartError(f"malformed Content-Disposition parameters: {value[:120]!r}")
         key = m.group(1)
-        if key not in (b"name", b"filename") or key in params:
-            raise MultipartError(f"unexpected or repeated Content-Disposition parameter {key[:40]!r}")
-        params[key] = _quoted_or_token(m.group(2), key.decode())
+        if key not in (b"name", b"filename", b"filename*") or key in params or (not params and key != b"name"):
+            # name first: Rack reads the name with /Content-Disposition:[^:]*;\s*name=/, which a ':' in an
+            # earlier filename defeats
+            raise MultipartError(f"unexpected, repeated or misplaced Content-Disposition parameter {key[:40]!r}")
+        params[key] = m.group(2)
         pos = m.end()
-    name = params.get(b"name")
+    name = _param_value(params[b"name"], "name") if b"name" in params else None
     if name is None or not _NAME.fullmatch(name):
         raise MultipartError(f"missing or unsupported part name {name!r}")
-    filename = params.get(b"filename")
+    filename = _param_value(params[b"filename"], "filename") if b"filename" in params else None
     if filename is not None and (_FILENAME_BAD.search(filename) or _DECODED_FILENAME_BAD.search(unquote(filename))):
         raise MultipartError(f"unsupported characters in filename {filename[:80]!r}")
+    if b"filename*" in params:
+        # .NET sends filename*=utf-8''.. beside the same filename: harmless only when both say the same,
+        # since Rack and PHP read filename and busboy and Go read filename*
+        ext = _EXT_VALUE.fullmatch(params[b"filename*"])
+        try:
+            same = ext is not None and unquote(ext.group(1).decode("ascii"), errors="strict") == filename
+        except UnicodeDecodeError:
+            same = False
+        if not same:
+            raise MultipartError("filename* that does not repeat filename")
     return name, filename
 
 
-def _headers(raw: bytes) -> tuple[str, str | None, str | None]:
+def _param_value(raw: bytes, what: str) -> str:
+    if raw.startswith(b'"'):
+        raw = raw[1:-1]
+    elif not re.fullmatch(_TOKEN, raw):
+        raise MultipartError(f"unquoted {what} is not a token: {raw[:80]!r}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MultipartError(f"{what} is not UTF-8") from None
+
+
+def _headers(raw: bytes) -> tuple[str, str | None, str | None, int | None]:
     seen: dict[str, bytes] = {}
     for line in raw.split(b"\r\n"):
         m = _HEADER.fullmatch(line)
@@ -195,25 +219,30 @@ def _headers(raw: bytes) -> tuple[str, str | None, str | None]:
         value = m.group(2)
         if re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", value) or value != value.rstrip(b" \t"):
             raise MultipartError(f"control characters or trailing whitespace in part header {key!r}")
-        if key in ("content-disposition", "content-type", "content-transfer-encoding"):
-            if key in seen:
-                raise MultipartError(f"repeated part header {key!r}")
-            seen[key] = value
+        if key not in _PART_HEADERS:
+            # Rack finds "Content-Disposition:" and "Content-Type:" anywhere in the part's head, even inside
+            # another header, and takes the first: only the headers we read may be there
+            raise MultipartError(f"unexpected part header {key[:40]!r}")
+        if key in seen:
+            raise MultipartError(f"repeated part header {key!r}")
+        seen[key] = value
     if "content-disposition" not in seen:
         raise MultipartError("part without Content-Disposition")
     name, filename = _disposition(seen["content-disposition"])
     cte = seen.get("content-transfer-encoding")
     if cte is not None and cte.decode("latin-1").lower() not in _ALLOWED_CTE:
         raise MultipartError(f"unsupported Content-Transfer-Encoding {cte[:40]!r}")
+    length = seen.get("content-length")
+    if length is not None and not re.fullmatch(rb"[0-9]{1,12}", length):
+        raise MultipartError("malformed part Content-Length")
     ctype = None
     if "content-type" in seen:
-        try:
-            ctype = seen["content-type"].decode("ascii")
-        except UnicodeDecodeError:
-            raise MultipartError("part Content-Type is not ASCII") from None
+        if not _PART_CTYPE.fullmatch(seen["content-type"]):
+            raise MultipartError(f"unsupported part Content-Type {seen['content-type'][:80]!r}")
+        ctype = seen["content-type"].decode("ascii")
         if ctype.lower().startswith("multipart/"):
             raise MultipartError("nested multipart part")
-    return name, filename, ctype
+    return name, filename, ctype, None if length is None else int(length)
 
 
 def _is_text(data: bytes) -> bool:
@@ -290,8 +319,10 @@ def parse(body: bytes, content_type: str | None) -> Multipart:
         content_start = header_end + 4
         if content_start > end:
             raise MultipartError("part headers run into the next boundary")
-        name, filename, ctype = _headers(body[after + 2 : header_end])
+        name, filename, ctype, length = _headers(body[after + 2 : header_end])
         content = body[content_start:end]
+        if length is not None and length != len(content):
+            raise MultipartError("part Content-Length does not match its content")
         if filename == "" and content:
             raise MultipartError("content under an empty filename")
         parts.append(Part(name, filename, ctype, pos, end, content_start, _possible_file(filename, ctype, content)))

@@ -182,6 +182,14 @@ def cases() -> list[Case]:
     add("part_no_headers", "a part with no headers at all", b"--" + B + CRLF + CRLF + jpg + CRLF + close())
     add("part_no_disposition", "a part with only a Content-Type", part(None, jpg, ctype=b"image/jpeg") + close())
     add("part_header_cr_only", "header lines separated by bare CR", b"--" + B + b'\r\nContent-Disposition: form-data; name="file"; filename="coffee.jpg"\rContent-Type: image/jpeg\r\n\r\n' + jpg + CRLF + close())
+    add("header_x_disposition_first", "an X- header holding a Content-Disposition before the real one",
+        part(b'form-data; name="file"; filename="coffee.jpg"', jpg, ctype=b"image/jpeg").replace(b"Content-Disposition:", b'X-Content-Disposition: form-data; name="description"\r\nContent-Disposition:', 1) + close())
+    add("header_value_holds_disposition", "an unknown header whose value holds 'Content-Disposition: ...; name='",
+        part(b'form-data; name="file"; filename="coffee.jpg"', jpg, ctype=b"image/jpeg").replace(b"Content-Disposition:", b'X-Note: Content-Disposition: x; name="description"\r\nContent-Disposition:', 1) + close())
+    add("header_x_content_type_first", "an X-Content-Type header before the part's Content-Type",
+        part(b'form-data; name="file"', jpg, ctype=b"image/jpeg").replace(b"Content-Type:", b"X-Content-Type: text/plain\r\nContent-Type:", 1) + close())
+    add("filename_colon_before_name", "filename holding ':' before name", part(b'form-data; filename="a:b.jpg"; name="file"', jpg, ctype=b"image/jpeg") + close())
+    add("filename_colon", "filename holding ':'", file_part(jpg, b'"a:b.jpg"') + close())
     add("cte_base64", "Content-Transfer-Encoding: base64", file_part(base64.encodebytes(jpg), headers=(b"Content-Transfer-Encoding: base64",)) + close())
     import quopri
     add("cte_quoted_printable", "Content-Transfer-Encoding: quoted-printable", file_part(quopri.encodestring(jpg), headers=(b"Content-Transfer-Encoding: quoted-printable",)) + close())
@@ -198,6 +206,10 @@ def cases() -> list[Case]:
     add("filename_star_latin1", "filename*=ISO-8859-1''caf%E9.jpg", part(b"form-data; name=\"file\"; filename*=ISO-8859-1''caf%E9.jpg", jpg, ctype=b"image/jpeg") + close())
     add("filename_star_continuation", "filename*0*= / filename*1*= continuations", part(b"form-data; name=\"file\"; filename*0*=UTF-8''cof; filename*1*=fee.jpg", jpg, ctype=b"image/jpeg") + close())
     add("filename_continuation_plain", 'filename*0="cof"; filename*1="fee.jpg"', part(b'form-data; name="file"; filename*0="cof"; filename*1="fee.jpg"', jpg, ctype=b"image/jpeg") + close())
+    add("filename_star_dotnet", ".NET's form: unquoted name and filename, filename* repeating it",
+        part(b"form-data; name=file; filename=coffee.jpg; filename*=utf-8''coffee.jpg", jpg, ctype=b"image/jpeg") + close())
+    add("filename_star_dotnet_utf8", "filename and filename* saying the same UTF-8 name",
+        part("form-data; name=\"file\"; filename=\"café.jpg\"; filename*=utf-8''caf%C3%A9.jpg".encode(), jpg, ctype=b"image/jpeg") + close())
     add("name_star", "name*=UTF-8''file", part(b"form-data; name*=UTF-8''file; filename=\"coffee.jpg\"", jpg, ctype=b"image/jpeg") + close())
     add("filename_escaped_quote", 'filename="a\\".jpg"', file_part(jpg, b'"a\\".jpg"') + close())
     add("filename_backslash_path", "a Windows path as filename", file_part(jpg, b'"C:\\\\photos\\\\coffee.jpg"') + close())

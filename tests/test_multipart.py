@@ -158,6 +158,13 @@ REFUSED = {
     "same name twice": body_of((FILE, b"x"), (FILE, b"y")),
     "name beside name[]": body_of((FILE, b"x"), (FILE.replace(b'"file"', b'"file[]"'), b"y")),
     "no parts": b"--b--\r\n",
+    "unknown part header": body_of((FILE + b"\r\nX-Foo: bar", b"x")),
+    "disposition hidden in another header": body_of((b'X-Content-Disposition: form-data; name="d"\r\n' + FILE, b"x")),
+    "filename before name": body_of((b'Content-Disposition: form-data; filename="a:b.jpg"; name="file"', b"x")),
+    "filename* saying another name": body_of((FILE.replace(b'"a.jpg"', b"\"a.jpg\"; filename*=utf-8''b.jpg"), b"x")),
+    "filename* alone": body_of((b"Content-Disposition: form-data; name=\"file\"; filename*=utf-8''a.jpg", b"x")),
+    "Content-Length that lies": body_of((FILE + b"\r\nContent-Length: 5", b"x")),
+    "part Content-Type with a colon": body_of((b'Content-Disposition: form-data; name="f"\r\nContent-Type: image/jpeg; x="a:b"', b"x")),
 }
 
 
@@ -165,6 +172,13 @@ REFUSED = {
 def test_ambiguous_bodies_are_refused(body: bytes) -> None:
     with pytest.raises(MultipartError):
         parse(body, CT)
+
+
+def test_dotnet_filename_star_repeating_filename_is_accepted() -> None:
+    body = body_of((b"Content-Disposition: form-data; name=file; filename=\"caf\xc3\xa9.jpg\"; filename*=utf-8''caf%C3%A9.jpg"
+                    b"\r\nContent-Type: image/jpeg\r\nContent-Length: 1", b"x"))
+    (part,) = parse(body, CT).parts
+    assert (part.name, part.filename, part.is_file) == ("file", "café.jpg", True)
 
 
 def test_what_is_a_file() -> None:
