@@ -27,7 +27,8 @@ anything else. What it refuses, and why, was measured against the real parsers
   ``Content-Type:`` anywhere in a part's head, inside other headers too. Content-Transfer-Encoding only
   ``binary``, ``8bit``, ``7bit`` (undici decodes base64, Go quoted-printable, the others neither); a
   Content-Length must match the content; a Content-Type is ``type/subtype`` with plain parameters, not
-  ``multipart/*``.
+  ``multipart/*``, with no charset but UTF-8, US-ASCII or ISO-8859-1 (busboy decodes fields with it;
+  on UTF-16 Rack fails, busboy throws, @fastify/busboy decodes, the others ignore it).
 - Content-Disposition: ``form-data``, then ``name``, then optionally ``filename``, lower case, each once;
   ``filename*`` only as ``utf-8''..`` repeating ``filename`` exactly (.NET sends both; Rack and PHP read
   filename, busboy and Go filename*), no ``name*`` or continuations; values quoted (no backslash escapes)
@@ -73,6 +74,7 @@ _NAME = re.compile(r"[A-Za-z0-9_-]+(\[[A-Za-z0-9_-]*\])*")
 _FILENAME_BAD = re.compile(r'[\x00-\x1f\x7f/\\;"]')
 _DECODED_FILENAME_BAD = re.compile(r"[\x00-\x1f\x7f/\\]")
 _ALLOWED_CTE = frozenset({"binary", "8bit", "7bit"})
+_CHARSETS = frozenset({"utf-8", "us-ascii", "iso-8859-1"})
 _FILE_TYPES = ("image/", "video/", "audio/", "application/octet-stream")
 
 
@@ -242,6 +244,10 @@ def _headers(raw: bytes) -> tuple[str, str | None, str | None, int | None]:
         ctype = seen["content-type"].decode("ascii")
         if ctype.lower().startswith("multipart/"):
             raise MultipartError("nested multipart part")
+        charset = re.search(r';[ \t]*charset=("?)([^";]*)\1', ctype, re.IGNORECASE)
+        if charset and charset.group(2).lower() not in _CHARSETS:
+            # busboy decodes a field with it, Rack and busboy fail on some, the others ignore it
+            raise MultipartError(f"unsupported part charset {charset.group(2)[:40]!r}")
     return name, filename, ctype, None if length is None else int(length)
 
 

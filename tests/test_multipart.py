@@ -164,6 +164,7 @@ REFUSED = {
     "filename* saying another name": body_of((FILE.replace(b'"a.jpg"', b"\"a.jpg\"; filename*=utf-8''b.jpg"), b"x")),
     "filename* alone": body_of((b"Content-Disposition: form-data; name=\"file\"; filename*=utf-8''a.jpg", b"x")),
     "Content-Length that lies": body_of((FILE + b"\r\nContent-Length: 5", b"x")),
+    "UTF-16 field": body_of((b'Content-Disposition: form-data; name="f"\r\nContent-Type: text/plain; charset=utf-16', b"x\x00")),
     "part Content-Type with a colon": body_of((b'Content-Disposition: form-data; name="f"\r\nContent-Type: image/jpeg; x="a:b"', b"x")),
 }
 

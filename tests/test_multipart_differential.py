@@ -88,7 +88,7 @@ PLAIN = [
     "file_without_part_ctype", "ctype_no_space", "boundary_quoted", "boundary_quoted_space", "ctype_upper", "ctype_charset",
     "close_no_crlf", "header_lowercase", "header_uppercase", "header_no_space_after_colon",
     "header_content_length", "cte_binary", "filename_unquoted", "filename_utf8", "disposition_no_space",
-    "filename_star_dotnet", "filename_star_dotnet_utf8", "part_ctype_params", "nested_name", "disposition_form_data_upper", "boundary_param_upper",
+    "filename_star_dotnet", "filename_star_dotnet_utf8", "part_ctype_charset_latin1", "part_ctype_charset_utf8", "nested_name", "disposition_form_data_upper", "boundary_param_upper",
     "name_indexed_hashes", "name_array_of_hashes", "filename_percent_literal", "filename_percent_utf8",
 ]
 

@@ -8,6 +8,14 @@ const readline = require('readline');
 
 const sha = (buf) => crypto.createHash('sha256').update(buf).digest('hex');
 
+// A field's value comes decoded with the part's charset (latin1 by default here, which keeps the bytes):
+// report the bytes both ways, latin1 and UTF-8, and let the caller match either.
+function pushField(parts, name, value) {
+  const data = Buffer.from(value, 'latin1');
+  parts.push({ name: name === undefined ? null : name, filename: null, sha256: sha(data), size: data.length, file: false,
+               sha256_utf8: sha(Buffer.from(value, 'utf8')) });
+}
+
 function viaBusboy(contentType, body) {
   const busboy = require('busboy');
   return new Promise((resolve) => {
@@ -38,13 +46,16 @@ function viaBusboy(contentType, body) {
         finish();
       });
     });
-    bb.on('field', (name, value) => {
-      const data = Buffer.from(value, 'latin1');
-      parts.push({ name: name === undefined ? null : name, filename: null, sha256: sha(data), size: data.length, file: false });
-    });
+    bb.on('field', (name, value) => pushField(parts, name, value));
     bb.on('error', (e) => { failed = e; resolve({ ok: false, parts: [], error: String(e.message) }); });
     bb.on('close', () => { closed = true; finish(); });
-    bb.end(body);
+    try {
+      bb.end(body);
+    } catch (e) {
+      // a throw out of the parser: the application's request fails
+      failed = e;
+      resolve({ ok: false, parts: [], error: String(e.message) });
+    }
   });
 }
 
@@ -78,13 +89,14 @@ function viaFastifyBusboy(contentType, body) {
         finish();
       });
     });
-    bb.on('field', (name, value) => {
-      const data = Buffer.from(value, 'latin1');
-      parts.push({ name: name === undefined ? null : name, filename: null, sha256: sha(data), size: data.length, file: false });
-    });
+    bb.on('field', (name, value) => pushField(parts, name, value));
     bb.on('error', (e) => settle({ ok: false, parts: [], error: String(e.message) }));
     bb.on('finish', () => { finished = true; finish(); });
-    bb.end(body);
+    try {
+      bb.end(body);
+    } catch (e) {
+      settle({ ok: false, parts: [], error: String(e.message) });
+    }
   });
 }
 
