@@ -272,6 +272,35 @@ def cases() -> list[Case]:
     return out
 
 
+def mutations(count: int, seed: int = 1) -> list[Case]:
+    """Seeded random edits of a plain two-part body outside the photo's bytes: inserted whitespace, quotes,
+    separators, line breaks and delimiters, deleted bytes. Finds what the hand-written cases missed."""
+    import random
+
+    jpg = photo("moon")
+    base = file_part(jpg) + field(b"description", b"a cup of coffee") + close()
+    alphabet = [b" ", b"\t", b"\r", b"\n", b"\r\n", b";", b"=", b'"', b"\\", b":", b"-", b"--", b"\x00", b"*", b"%", b"'",
+                b",", b"/", b"a", b"\xc3\xa9", b"\xff"]
+    inserts = [b"\r\n", b"\r\n\r\n", b"--" + B, b"\r\n--" + B + b"\r\n"]
+    rnd = random.Random(seed)
+    out = []
+    for i in range(count):
+        body = base
+        for _ in range(rnd.randint(1, 2)):
+            start = body.find(jpg[:64])
+            end = start + len(jpg) if start >= 0 else -1
+            at = rnd.choice([p for p in range(len(body) + 1) if not start < p < end])
+            op = rnd.random()
+            if op < 0.6:
+                body = body[:at] + rnd.choice(alphabet) + body[at:]
+            elif op < 0.9:
+                body = body[:at] + body[at + 1 :]
+            else:
+                body = body[:at] + rnd.choice(inserts) + body[at:]
+        out.append(Case(f"mutation{seed}_{i}", "random edit of a plain body", ct(), body))
+    return out
+
+
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -9,6 +9,7 @@ A parser that is not installed is skipped with the command that installs it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -17,11 +18,14 @@ import pytest
 from proxy.multipart import MultipartError, is_multipart, parse
 
 from .multipart_corpus import (
-    BUILD_DIR, PARSERS, Case, Unavailable, cases, conflicts, disagreements, encode_curl, encode_go, encode_node, ours, summary,
+    BUILD_DIR, PARSERS, Case, Unavailable, cases, conflicts, disagreements, encode_curl, encode_go, encode_node, mutations, ours,
+    summary,
 )
 from .photos import photo
 
 CORPUS = cases()
+MUTATIONS = mutations(int(os.environ.get("MULTIPART_MUTATIONS", "60")), int(os.environ.get("MULTIPART_SEED", "1")))
+"""Random edits on top of the labelled corpus; MULTIPART_MUTATIONS=2000 MULTIPART_SEED=7 runs more."""
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,7 @@ def reports() -> dict[str, dict[str, dict] | str]:
     out: dict[str, dict[str, dict] | str] = {}
     for name, runner in PARSERS.items():
         try:
-            out[name] = runner(CORPUS)
+            out[name] = runner(CORPUS + MUTATIONS)
         except Unavailable as exc:
             out[name] = str(exc)
     ran = sorted(n for n, r in out.items() if isinstance(r, dict))
@@ -43,7 +47,7 @@ def reports() -> dict[str, dict[str, dict] | str]:
         "ran": ran,
         "skipped": {n: r for n, r in out.items() if isinstance(r, str)},
         "cases": {c.id: {"label": c.label, "ours": summary(ours(c.body, c.content_type)),
-                         **{n: summary(r[c.id]) for n, r in out.items() if isinstance(r, dict)}} for c in CORPUS},
+                         **{n: summary(r[c.id]) for n, r in out.items() if isinstance(r, dict)}} for c in CORPUS + MUTATIONS},
     }, indent=1, ensure_ascii=False))
     return out
 
@@ -59,8 +63,8 @@ def test_ours_refuses_or_agrees(parser: str, reports: dict[str, dict[str, dict] 
     results = reports[parser]
     if isinstance(results, str):
         pytest.skip(f"{parser} not available: {results}")
-    assert set(results) == {c.id for c in CORPUS}, "the harness lost cases"
-    failures = {c.id: problems for c in CORPUS if (problems := conflicts(c, results[c.id], parser))}
+    assert set(results) == {c.id for c in CORPUS + MUTATIONS}, "the harness lost cases"
+    failures = {c.id: problems for c in CORPUS + MUTATIONS if (problems := conflicts(c, results[c.id], parser))}
     assert not failures, json.dumps(failures, indent=1)
 
 

@@ -67,7 +67,7 @@ function viaFastifyBusboy(contentType, body) {
     let finished = false;
     let done = false;
     // a body it cannot make sense of may leave it waiting for more: the application's request never ends
-    const timer = setTimeout(() => settle({ ok: false, parts: [], error: 'parser never finished' }), 500);
+    const timer = setTimeout(() => settle({ ok: false, parts: [], error: 'parser never finished' }), 300);
     const settle = (result) => { if (!done) { done = true; clearTimeout(timer); resolve(result); } };
     const finish = () => { if (finished && pending === 0) settle({ ok: true, parts }); };
     let bb;
