@@ -532,14 +532,18 @@ def disagreements(corpus: list[Case], ran: dict[str, dict[str, dict]]) -> Iterat
 
 
 if __name__ == "__main__":
+    # Prints every case on which two installed parsers disagree, parsers grouped by what they read, and
+    # whether ours accepts it: the measured table behind proxy/multipart.py's rules.
     corpus = cases()
     ran, skipped = run_all(corpus)
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     for c, views in disagreements(corpus, ran):
-        print(f"\n{c.id}: {c.label}")
+        groups: dict[str, list[str]] = {}
         for name, view in views.items():
-            print(f"    {name:7} {view}")
+            groups.setdefault("error" if view.startswith("error") else view, []).append(name)
+        verdict = "accepts" if ours(c.body, c.content_type)["ok"] else "refuses"
+        print(f"{c.id} ({c.label}): ours {verdict}; " + " | ".join(f"{'/'.join(ps)}: {v}" for v, ps in groups.items()))
 
 
 # -- real clients' bodies: what the strict parser must keep accepting -------------------------------------
