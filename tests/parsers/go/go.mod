@@ -1,0 +1,3 @@
+module fedifilter/multipartparsers
+
+go 1.19
