@@ -23,12 +23,14 @@ run: install
 
 # Lint, type check, the default suite, then the slow tests (real processes of serve and egress): what CI runs.
 test: install
+	bash scripts/install-test-tools.sh
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -rs -m "not slow"
 	$(BIN)/python -m pytest -q -rs -m slow
 
 test-fast: install
+	bash scripts/install-test-tools.sh
 	$(BIN)/python -m pytest -q -rs -m "not slow"
 
 # The figures of BENCHMARKS.md (several minutes on 2 cores).

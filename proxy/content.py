@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from .media import sniff
-from .multipart import MultipartError, parse
+from .multipart import MultipartError, is_multipart, parse
 
 MAX_PIECES = 64
 """More pieces of media than this in one body: refused (we would not judge them all in time)."""
@@ -177,15 +177,13 @@ def find_media(body: bytes, content_type: str, content_type_header: str | None, 
                 add(Piece("query data: URI", payload))
     if not body:
         return pieces
-    if content_type.startswith("multipart/"):
+    if is_multipart(content_type_header):
         try:
             form = parse(body, content_type_header)
         except MultipartError as exc:
             raise Unreadable(f"malformed multipart body: {exc}") from None
         for i, part in enumerate(form.parts):
-            head = body[part.content_start:min(part.end, part.content_start + 64)]
-            if part.filename is not None or sniff(head) is not None or (part.content_type or "").lower().startswith(
-                    ("image/", "video/", "audio/", "application/octet-stream")):
+            if part.is_file:
                 add(Piece(f"part {i} {part.name!r}", part.content(body), part=i))
             else:  # a text field: scanned in place, never copied
                 for payload in data_uris(body, part.content_start, part.end):
@@ -216,11 +214,11 @@ def query_may_carry_media(query: str) -> bool:
     return "data:" in query.lower() or "data%3a" in query.lower()
 
 
-def may_carry_media(content_type: str, head: bytes) -> bool:
+def may_carry_media(content_type: str, content_type_header: str | None, head: bytes) -> bool:
     """Whether a body must be read whole before forwarding: anything a backend parses into fields or
     files, or bytes that start like media. Other bodies (and nothing with an unknown type can be stored
     as a file by the backends here) stream through."""
-    if content_type.startswith("multipart/") or content_type == "application/x-www-form-urlencoded":
+    if is_multipart(content_type_header) or content_type == "application/x-www-form-urlencoded":
         return True
     if is_json_type(content_type) or content_type in ("", "text/plain"):
         return True

@@ -145,10 +145,16 @@ async def held_body(ctx: Context, request: web.Request, deadline: float, head: b
             await ctx.budget.release(taken)
 
 
+def content_type_header(request: web.Request) -> str:
+    """Every Content-Type header as sent, joined (parsers disagree on duplicates: the multipart parser
+    refuses them)."""
+    return ", ".join(request.headers.getall("Content-Type", ()))
+
+
 def media_type(request: web.Request) -> str:
     """The Content-Type's media type as sent, lower case; "" when there is none (aiohttp's
     ``content_type`` would say application/octet-stream, but Rack reads a body without one as a form)."""
-    return request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    return content_type_header(request).split(";", 1)[0].strip().lower()
 
 
 async def _read_exactly(request: web.Request, head: bytes, size: int) -> bytes:
@@ -204,7 +210,7 @@ async def gate(ctx: Context, request: web.Request, instance: Instance, route: Ro
             doc = load_json(decoded)
             if is_activity(doc):
                 return await inbox_body(ctx, request, instance, body, doc)
-        pieces = find_media(decoded, ctype, request.headers.get("Content-Type"), request.query_string)
+        pieces = find_media(decoded, ctype, content_type_header(request), request.query_string)
     except Unreadable as exc:
         # never forwarded: the backend's parser might read media out of what we could not read
         log.warning("%s %s to %s refused: %s", request.method, request.path, instance.name, exc)
@@ -245,7 +251,7 @@ def _strippable(route: Route | None, request: web.Request, body: bytes, pieces: 
     drop = {p.part for p, _ in refused if p.part is not None}
     if not {p.part for p in pieces} - drop:
         return None
-    return parse(body, request.headers.get("Content-Type")).without(drop)
+    return parse(body, content_type_header(request)).without(drop)
 
 
 # --- URL ingestion -----------------------------------------------------------------------------------
@@ -421,7 +427,7 @@ def _must_read(request: web.Request, head: bytes) -> bool:
     enc = request.headers.get("Content-Encoding", "").strip().lower()
     if enc and enc != "identity":
         return True
-    return may_carry_media(media_type(request), head)
+    return may_carry_media(media_type(request), content_type_header(request), head)
 
 
 async def _peek(request: web.Request) -> bytes:

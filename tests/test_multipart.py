@@ -183,7 +183,7 @@ def test_dotnet_filename_star_repeating_filename_is_accepted() -> None:
 
 
 def test_what_is_a_file() -> None:
-    from .photos import photo
+    from tests.support.photos import photo
 
     jpeg = photo("coffee")
     body = body_of(
@@ -211,7 +211,7 @@ def test_real_clients_bodies_are_accepted() -> None:
     import requests
     import urllib3
 
-    from .photos import photo
+    from tests.support.photos import photo
 
     jpeg = photo("coffee")
     bodies: list[tuple[str, bytes, str]] = []
@@ -219,7 +219,8 @@ def test_real_clients_bodies_are_accepted() -> None:
     bodies.append(("httpx", req.read(), req.headers["content-type"]))
     b, ctype = urllib3.encode_multipart_formdata({"file": ("café ☕ (1).jpg", jpeg, "image/jpeg"), "description": "hi"})
     bodies.append(("urllib3", b, ctype))
-    prep = requests.Request("POST", "http://localhost/", files={"file": ("café ☕ (1).jpg", jpeg, "image/jpeg")}, data={"description": "hi"}).prepare()
+    prep = requests.Request("POST", "http://localhost/", files={"file": ("café ☕ (1).jpg", jpeg, "image/jpeg")},
+                            data={"description": "hi"}).prepare()
     assert isinstance(prep.body, bytes)
     bodies.append(("requests", prep.body, str(prep.headers["Content-Type"])))
     b, ctype = form(("file", jpeg, "café ☕ (1).jpg"), ("description", b"hi", None))

@@ -1,4 +1,4 @@
-"""Our multipart parser against the parsers the backends use (tests/multipart_corpus.py runs them).
+"""Our multipart parser against the parsers the backends use (tests/support/multipart_corpus.py runs them).
 
 The rule, for every body in the corpus: either we refuse it (MultipartError, the proxy answers 400), or
 every installed parser refuses it too or hands the application exactly the parts we found (names,
@@ -17,11 +17,11 @@ import pytest
 
 from proxy.multipart import MultipartError, is_multipart, parse
 
-from .multipart_corpus import (
+from tests.support.multipart_corpus import (
     BUILD_DIR, PARSERS, Case, Unavailable, cases, conflicts, disagreements, encode_curl, encode_go, encode_node, mutations, ours,
     summary,
 )
-from .photos import photo
+from tests.support.photos import photo
 
 CORPUS = cases()
 MUTATIONS = mutations(int(os.environ.get("MULTIPART_MUTATIONS", "60")), int(os.environ.get("MULTIPART_SEED", "1")))
@@ -92,7 +92,8 @@ PLAIN = [
     "file_without_part_ctype", "ctype_no_space", "boundary_quoted", "boundary_quoted_space", "ctype_upper", "ctype_charset",
     "close_no_crlf", "header_lowercase", "header_uppercase", "header_no_space_after_colon",
     "header_content_length", "cte_binary", "filename_unquoted", "filename_utf8", "disposition_no_space",
-    "filename_star_dotnet", "filename_star_dotnet_utf8", "part_ctype_charset_latin1", "part_ctype_charset_utf8", "nested_name", "disposition_form_data_upper", "boundary_param_upper",
+    "filename_star_dotnet", "filename_star_dotnet_utf8", "part_ctype_charset_latin1", "part_ctype_charset_utf8",
+    "nested_name", "disposition_form_data_upper", "boundary_param_upper",
     "name_indexed_hashes", "name_array_of_hashes", "filename_percent_literal", "filename_percent_utf8",
 ]
 

@@ -1,6 +1,6 @@
 """Tricky multipart/form-data bodies, each carrying benign photos as would-be files, and the harnesses that
 run them through the parsers the backends use (tests/parsers/). Shared by tests/test_multipart_differential.py
-and ``python -m tests.multipart_corpus`` (which prints which parsers disagree on what).
+and ``python -m tests.support.multipart_corpus`` (which prints which parsers disagree on what).
 
 A parser's report is ``{"ok": bool, "parts": [{"name", "filename", "sha256", "size", "file"}], "error"}``:
 ``filename`` is None for a part the parser gives the application as a plain field, ``file`` is whether the
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .photos import photo
 
-PARSERS_DIR = Path(__file__).parent / "parsers"
+PARSERS_DIR = Path(__file__).resolve().parent.parent / "parsers"
 BUILD_DIR = PARSERS_DIR / ".build"
 INSTALL_HINT = "run scripts/install-test-tools.sh"
 
@@ -391,7 +391,7 @@ def run_php(corpus: list[Case]) -> dict[str, dict]:
                 break
             except OSError:
                 if time.monotonic() > deadline or server.poll() is not None:
-                    raise Unavailable("php -S did not start")
+                    raise Unavailable("php -S did not start") from None
                 time.sleep(0.05)
         results = {}
         for c in corpus:
