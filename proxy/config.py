@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,8 @@ from .schema import ConfigError, Context, build, non_negative, option, positive
 from .verdict import Action, Fallback, InboxAction, ProblemKind
 
 __all__ = [
-    "Config", "ConfigError", "EgressConfig", "FetchConfig", "Instance", "Listen", "MediaLimits", "Policy",
-    "ServerConfig", "load_config", "parse_config",
+    "Config", "ConfigError", "DetectorClass", "EgressConfig", "FetchConfig", "Instance", "Listen", "MediaLimits",
+    "NativeApisConfig", "Policy", "ServerConfig", "load_config", "parse_config",
 ]
 
 ENV_DEFAULT = "FEDI_FILTER_CONFIG"
@@ -135,6 +136,36 @@ class EgressConfig:
     @property
     def port(self) -> int:
         return self.listen.port
+
+
+class DetectorClass(StrEnum):
+    """The classes of Misskey's detector API (misskey-dev/sensitive-detector's bundled model)."""
+
+    DRAWING = "Drawing"
+    HENTAI = "Hentai"
+    NEUTRAL = "Neutral"
+    PORN = "Porn"
+    SEXY = "Sexy"
+
+
+def _unit_interval(value: float) -> str | None:
+    return None if 0.0 <= value <= 1.0 else f"expected a number from 0 to 1, got {value}"
+
+
+@dataclass(frozen=True)
+class NativeApisConfig:
+    detector_api_key: str = option("", "Bearer token POST /v1/detect-images requires (Misskey's "
+                                   "sensitiveMediaDetectionApiKey); \"\" = none")
+    detector_max_parts: int = option(10, "images per detect-images request (sensitive-detector's maxParts); more: 413",
+                                     check=positive)
+    refused_class: DetectorClass = option(DetectorClass.PORN, "detect-images: the class a refused image gets, with "
+                                          "probability 1.0 (Porn: over Misskey's porn threshold 0.75)")
+    sensitive_labels: tuple[str, ...] = option((), "labels that mark accepted media sensitive: sensitive_class for "
+                                               "Misskey, sensitive_score for NsfwApiPolicy")
+    sensitive_class: DetectorClass = option(DetectorClass.SEXY, "detect-images: the class (probability 1.0) of accepted "
+                                            "media with a sensitive label (Sexy: sensitive, never porn)")
+    sensitive_score: float = option(0.7, "nsfw_score of accepted media with a sensitive label (refused: 1.0, else 0.0)",
+                                    check=_unit_interval)
 
 
 @dataclass(frozen=True)
@@ -276,7 +307,8 @@ def _upstream(value: str) -> str | None:
 class Instance:
     name: str = option(doc="a name for logs, metrics and ?instance=NAME")
     policy: Policy = option(doc="the policy (by name) that judges this instance's media", parse=_policy_ref)
-    kind: str = option("generic", "lemmy | pictrs | mastodon | misskey | akkoma | generic", check=_kind)
+    kind: str = option("generic", "lemmy | pictrs | mastodon | misskey | akkoma | gotosocial | pixelfed | generic",
+                       check=_kind)
     hosts: tuple[str, ...] = option((), "Host headers reverse-proxied to upstream (empty: API only)")
     upstream: str = option("", "the backend's URL (required with hosts)", check=_upstream)
 
@@ -321,6 +353,8 @@ class Config:
     instances: tuple[Instance, ...] = option(doc="chosen by Host header (or ?instance=NAME); the first is the default",
                                              parse=_instances)
     egress: EgressConfig = option(factory=EgressConfig, doc="`fedi-filter egress`: the backend's outbound proxy")
+    native_apis: NativeApisConfig = option(factory=NativeApisConfig, doc="the backends' own moderation APIs we answer "
+                                           "(Misskey detector, NsfwApiPolicy)")
     source: str = option("<memory>", internal=True)
 
     @classmethod
@@ -329,6 +363,10 @@ class Config:
         names = [i.name for i in values["instances"]]
         if egress.instance is not None and egress.instance not in names:
             raise ConfigError("egress.instance", f"{egress.instance!r} is not an instance; known: {names}")
+        known = {r.name for p in values["policies"].values() for r in p.rules.labels}
+        for i, label in enumerate(values["native_apis"].sensitive_labels):
+            if label not in known:
+                raise ConfigError(f"native_apis.sensitive_labels[{i}]", f"no policy has a label {label!r}; labels: {sorted(known)}")
         return cls(**values)
 
     def instance_named(self, name: str) -> Instance | None:
@@ -414,6 +452,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 def reference_fields() -> dict[str, type]:
     """The sections of the config and the dataclass that declares each (for docs and the reference test)."""
     return {"server": ServerConfig, "classifier": ClassifierSettings, "fetch": FetchConfig, "egress": EgressConfig,
+            "native_apis": NativeApisConfig,
             "policies.*": Policy, "policies.*.limits": MediaLimits, "policies.*.allow": HashListConfig,
             "policies.*.deny": HashListConfig, "instances[]": Instance}
 

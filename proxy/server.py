@@ -1,6 +1,7 @@
 """`fedi-filter serve`: one aiohttp app on one port. Hosts that an instance claims are reverse-proxied to
 it (uploads, URL ingestion and inboxes intercepted, everything else streamed); any other host reaches
-the API: validation (pict-rs external_validation), scan, health, metrics."""
+the API: validation (pict-rs external_validation), scan, the backends' own moderation APIs (Misskey's
+detector, NsfwApiPolicy: :mod:`proxy.native`), health, metrics."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .app import SERVICES, Services, add_health_routes, build_services
 from .config import Config, Instance
 from .content import Unreadable, decode_content
 from .intercept import RETRY_AFTER_S, ROUTE_LABEL, BodyTooLarge, Context, handle, read_body
+from .native import add_native_routes
 from .passthrough import Forwarder
 from .verdict import Verdict
 
@@ -156,5 +158,6 @@ def build_app(config: Config, services: Services | None = None) -> web.Applicati
     app.router.add_post("/api/v1/validate", validate)
     app.router.add_post("/api/v1/scan", scan)
     app.router.add_post("/api/v1/scan/{pictrs_id}", pictrs_safety_scan)
+    add_native_routes(app)
     add_health_routes(app)
     return app

@@ -18,14 +18,14 @@ def test_shipped_configs_load(name: str) -> None:
     assert cfg.instances and cfg.policies
 
 
-@pytest.mark.parametrize("kind", ["mastodon", "misskey", "akkoma", "lemmy"])
+@pytest.mark.parametrize("kind", ["mastodon", "misskey", "akkoma", "lemmy", "gotosocial", "pixelfed"])
 def test_backend_configs_extend_the_default_policy(kind: str) -> None:
     cfg = load_config(ROOT / "config" / f"{kind}.yaml")
     base = load_config(ROOT / "config" / "default.yaml")
     inst = cfg.instances[0]
     assert inst.kind == kind and inst.hosts and inst.upstream
     assert inst.policy.rules == base.policies["csam"].rules  # the same CSAM policy, not a copy that drifts
-    if kind != "lemmy":
+    if kind not in ("lemmy", "gotosocial", "pixelfed"):
         assert inst.policy.limits.max_bytes == cfg.server.max_body_bytes == 104857600
 
 
@@ -181,7 +181,8 @@ def test_reference_config_lists_every_key_with_its_default() -> None:
     raw = yaml.safe_load((ROOT / "examples" / "config.reference.yaml").read_text())
     loaded = load_config(ROOT / "examples" / "config.reference.yaml")
     sections = {"server": (c.ServerConfig, loaded.server), "classifier": (c.ClassifierSettings, loaded.classifier),
-                "fetch": (c.FetchConfig, loaded.fetch), "egress": (c.EgressConfig, loaded.egress)}
+                "fetch": (c.FetchConfig, loaded.fetch), "egress": (c.EgressConfig, loaded.egress),
+                "native_apis": (c.NativeApisConfig, loaded.native_apis)}
     assert set(raw) == _schema_keys(c.Config)
     for name, (cls, value) in sections.items():
         assert set(raw[name]) == _schema_keys(cls), name

@@ -2,9 +2,10 @@
 
 from collections.abc import Mapping
 
-from . import akkoma, generic, lemmy, mastodon, misskey, pictrs
+from . import akkoma, generic, gotosocial, lemmy, mastodon, misskey, pictrs, pixelfed
 from .base import INBOX_PATHS, BackendKind, Interception, Route
 
-KINDS: Mapping[str, BackendKind] = {m.KIND.name: m.KIND for m in (lemmy, pictrs, mastodon, misskey, akkoma, generic)}
+KINDS: Mapping[str, BackendKind] = {m.KIND.name: m.KIND for m in (lemmy, pictrs, mastodon, misskey, akkoma, gotosocial,
+                                                                  pixelfed, generic)}
 
 __all__ = ["INBOX_PATHS", "KINDS", "BackendKind", "Interception", "Route"]
