@@ -46,6 +46,13 @@ ROUTES = [
     ("misskey", "PUT", "/api/drive/files/create", "file"),  # and serves every method but GET
     ("misskey", "POST", "/api/v1/media", "file"),  # Sharkey's Mastodon API
     ("misskey", "POST", "/api/iceshrimp/drive", "file"),
+    ("gotosocial", "POST", "/api/v2/media", "file"),
+    ("gotosocial", "PATCH", "/api/v1/instance", "thumbnail"),
+    ("gotosocial", "POST", "/api/v1/admin/custom_emojis", "image"),
+    ("pixelfed", "POST", "/api/v1/avatar/update", "avatar"),
+    ("pixelfed", "POST", "/api/compose/v0/media/upload", "file"),
+    ("pixelfed", "POST", "/api/web/stories/v1/add", "file"),
+    ("pixelfed", "POST", "/i/admin/custom-emoji/new", "emoji"),
     ("mastodon", "POST", "/a/route/no/backend/has/yet", "whatever"),
 ]
 

@@ -24,7 +24,7 @@ from tests.support.hosts import Backend, media_app
 Client = Callable[..., Awaitable[TestClient]]
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "activitypub"
 HOSTS = {"mastodon": "masto.test", "lemmy": "lemmy.test", "pictrs": "pictrs.test", "misskey": "misskey.test",
-         "akkoma": "akkoma.test"}
+         "akkoma": "akkoma.test", "gotosocial": "gts.test", "pixelfed": "pixelfed.test"}
 
 
 async def start(aiohttp_client: Client, config: Config, *, ready: bool = True) -> TestClient:
