@@ -422,15 +422,22 @@ class Sweep:
         self._paused = False
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-report")
         self._tasks: list[asyncio.Task[None]] = []
+        self._queue: asyncio.Queue[tuple[Source, Entry] | None] = asyncio.Queue(maxsize=options.concurrency * 2)
 
     def interrupt(self) -> None:
         """First call: finish what is in flight, take nothing new. Second: abandon what is in flight."""
         if self.interrupted:
             for task in self._tasks:
                 task.cancel()
+            self._drain()
             return
         self.interrupted = True
         self._stop.set()
+
+    def _drain(self) -> None:
+        """Drop the entries not yet taken (a stopping sweep judges them next time)."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
 
     async def _io_call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
@@ -445,13 +452,15 @@ class Sweep:
     async def run(self) -> Counts:
         """Sweep every source; returns the counts (also written as the report's last line)."""
         self.display.start()
-        queue: asyncio.Queue[tuple[Source, Entry] | None] = asyncio.Queue(maxsize=self.options.concurrency * 2)
+        queue = self._queue
         self._tasks = [asyncio.get_running_loop().create_task(self._worker(queue), name=f"sweep-worker-{i}")
                        for i in range(self.options.concurrency)]
         try:
             try:
                 await self._list(queue)
             finally:
+                if self._stop.is_set():
+                    self._drain()
                 for _ in self._tasks:
                     await queue.put(None)
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -688,8 +697,12 @@ async def command(args: Any) -> int:
         display: Callable[[Counts], Display] = Bar if sys.stderr.isatty() else LogLines
         sweep = Sweep(services, instance, sources, options, report=report, quarantine=quarantine, display=display)
         restore = install_sigint(sweep)
+        stopped: str | None = None
         try:
             counts = await sweep.run()
+        except Exception as exc:  # a listing that fails half way (access denied, a vanished mount)
+            stopped = f"{type(exc).__name__}: {exc}"
+            counts = sweep.counts
         finally:
             restore()
             if report is not sys.stdout:
@@ -697,12 +710,14 @@ async def command(args: Any) -> int:
     finally:
         await services.close()
     text = _human(sweep.summary())
-    if sweep.interrupted:
+    if sweep.interrupted or stopped:
         import shlex
 
-        text += ("\nsweep: interrupted; progress is saved. Resume with the same command:\n"
-                 f"  fedi-filter {shlex.join(sys.argv[1:])}")
+        text += (f"\nsweep: {'stopped by ' + stopped if stopped else 'interrupted'}; progress is saved. "
+                 f"Resume with the same command:\n  fedi-filter {shlex.join(sys.argv[1:])}")
     await asyncio.to_thread(print, text, file=sys.stderr, flush=True)
+    if stopped:
+        return 2
     if sweep.interrupted:
         return 130
     return 1 if counts.flagged else 0
