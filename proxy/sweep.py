@@ -526,7 +526,11 @@ class Sweep:
                 await self._stop.wait()
             if self._stop.is_set():
                 continue
-            await self._one(*item)
+            try:
+                await self._one(*item)
+            except Exception:  # a worker must outlive any one object, or the listing would wait forever
+                log.exception("sweep of %s failed", item[0].location(item[1]))
+                self.counts.failed += 1
             self.display.update()
             if self.options.pause_after is not None and self.counts.judged == self.options.pause_after:
                 self._paused = True

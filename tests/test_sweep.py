@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -333,3 +334,35 @@ def test_s3_missing_bucket_is_a_clear_error(moto: str, env: Env, monkeypatch: py
         monkeypatch.setenv(key, value)
     r = env.sweep("--endpoint-url", moto, "s3://no-such-bucket/x", capsys=capsys)
     assert r.rc == 2 and "s3://no-such-bucket/x" in r.stderr and r.lines == []
+
+
+def test_a_terminal_gets_a_live_bar_and_a_pipe_plain_lines(env: Env) -> None:
+    """stderr on a pseudo-terminal: the bar (objects, MB, rate, ETA, flagged); on a pipe: no escape codes."""
+    import pty
+
+    cmd = [sys.executable, "-m", "proxy", "sweep", "--config", str(env.config), "--report", str(env.tmp / "r.jsonl"),
+           str(env.media)]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
+                            env={**os.environ, "COLUMNS": "200"})
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=120) == 1
+    raw = out.decode(errors="replace")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw)
+    assert "\x1b[" in raw
+    bar = [line for line in re.split(r"[\r\n]+", text) if line.startswith("sweep ") and "10/10" in line]
+    assert bar, text
+    assert all(word in bar[-1] for word in ("MB/s", "obj/s", "ETA", "flagged 4", "unjudged 2")), bar[-1]
+
+    piped = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and "\x1b[" not in piped.stderr and "10 skipped" in piped.stderr
