@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python bench/bench_detectors.py
 	$(BIN)/python bench/bench_validate.py --config config/cpu.yaml --requests 96
 	$(BIN)/python bench/false_positives.py
+	$(BIN)/python bench/bench_sweep.py --files 1000
 	$(BIN)/python bench/bench_passthrough.py
 	$(BIN)/python bench/bench_egress.py
 

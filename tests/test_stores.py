@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from proxy.stores import AuditRow, DeniedUrl, SqliteStore, VerdictCache
+from proxy.stores import AuditRow, DeniedUrl, SqliteStore, SweepMark, VerdictCache
 from proxy.verdict import Action, DecidedBy
 
 
@@ -81,3 +81,28 @@ async def test_a_full_writer_queue_drops_and_counts(tmp_path: Path) -> None:
         assert rows[0]["n"] == 10 - len(dropped)
     finally:
         await store.close()
+
+
+async def test_sweep_marks_are_kept_per_source_and_key(tmp_path: Path) -> None:
+    path = str(tmp_path / "audit.sqlite3")
+    store = VerdictCache(SqliteStore(path), size=100, ttl_s=3600)
+    await store.open()
+    try:
+        keys = [f"k{i}" for i in range(1200)]  # more than one lookup query's worth
+        for key in keys:
+            await store.mark_swept(SweepMark("/srv/a", key, "1:10", 10, "p", "a" * 64, "clean", "none", time.time()))
+        await store.mark_swept(SweepMark("/srv/a", "k0", "2:11", 11, "p", "b" * 64, "flagged", "report", time.time()))
+        await store.flush()
+        found = await store.swept("/srv/a", [*keys, "missing"])
+        assert set(found) == set(keys)
+        assert (found["k0"].version, found["k0"].outcome, found["k0"].action) == ("2:11", "flagged", "report")
+        assert await store.swept("/srv/b", keys) == {}
+    finally:
+        await store.close()
+    reopened = VerdictCache(SqliteStore(path), size=100, ttl_s=3600)
+    await reopened.open()
+    try:
+        assert (await reopened.swept("/srv/a", ["k1"]))["k1"].sha256 == "a" * 64
+    finally:
+        await reopened.close()
+    assert await VerdictCache(None, size=1, ttl_s=1).swept("/srv/a", ["k1"]) == {}

@@ -1,7 +1,7 @@
 """Verdict stores: the :class:`VerdictStore` seam, SQLite behind it, an in-memory cache in front."""
 
-from .base import AuditRow, DeniedUrl, StoredVerdict, VerdictStore
+from .base import AuditRow, DeniedUrl, StoredVerdict, SweepMark, VerdictStore
 from .memory import VerdictCache
 from .sqlite import SqliteStore
 
-__all__ = ["AuditRow", "DeniedUrl", "SqliteStore", "StoredVerdict", "VerdictCache", "VerdictStore"]
+__all__ = ["AuditRow", "DeniedUrl", "SqliteStore", "StoredVerdict", "SweepMark", "VerdictCache", "VerdictStore"]

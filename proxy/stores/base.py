@@ -3,7 +3,8 @@
 A store keeps what must outlive a process or be shared between processes: the audit log (one row per
 decision, never the media), model verdicts by (sha256, policy) so repeats are answered at once, and URL
 denials (a URL whose media was refused must not be fetched or stored downstream, by any process sharing
-the store: ``serve`` and ``egress``). SQLite is the embedded default (:mod:`proxy.stores.sqlite`);
+the store: ``serve`` and ``egress``), and the progress of ``fedi-filter sweep`` (one mark per stored object
+judged, so a rerun skips what is done). SQLite is the embedded default (:mod:`proxy.stores.sqlite`);
 :class:`proxy.stores.memory.VerdictCache` sits in front of any store and answers from memory first.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +70,30 @@ class StoredVerdict:
                        scores=self.scores)
 
 
+@dataclass(frozen=True)
+class SweepMark:
+    """One stored object that ``fedi-filter sweep`` is done with: judged, and acted on as asked.
+
+    ``source`` and ``key`` name the object (a directory and a relative path, or an ``s3://`` prefix and an
+    object key); ``version`` is what changes when the object does (mtime and size, or the ETag);
+    ``outcome`` is ``clean``, ``flagged`` or ``unjudged``; ``action`` what was done (``report``,
+    ``quarantine``, ``delete``; ``none`` for clean and unjudged objects)."""
+
+    source: str
+    key: str
+    version: str
+    size: int
+    policy: str
+    sha256: str
+    outcome: str
+    action: str
+    ts: float
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.source, self.key, self.version, self.size, self.policy, self.sha256, self.outcome, self.action,
+                self.ts)
+
+
 class VerdictStore(ABC):
     """Shared state of every process that judges for the same instances."""
 
@@ -101,3 +127,11 @@ class VerdictStore(ABC):
     @abstractmethod
     async def recent_model_verdicts(self, ttl_s: float, limit: int) -> list[StoredVerdict]:
         """The newest model verdict per (sha256, policy) younger than ``ttl_s`` (cache warm-up)."""
+
+    @abstractmethod
+    async def mark_swept(self, mark: SweepMark) -> None:
+        """Keep a sweep mark (replacing the object's older one); waits while the writer is behind, never drops."""
+
+    @abstractmethod
+    async def swept(self, source: str, keys: Sequence[str]) -> dict[str, SweepMark]:
+        """The marks kept for these keys of ``source`` (marks written so far by any process)."""

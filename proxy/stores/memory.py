@@ -2,15 +2,18 @@
 
 Answers model verdicts and URL denials from memory first and asks the store only on a miss, so another
 process's verdict (``egress`` and ``serve`` share a store) is found too. Verdicts of URLs are kept here
-only: a URL's bytes may change, its sha256 verdict lives on in the store.
+only: a URL's bytes may change, its sha256 verdict lives on in the store. Sweep marks go straight to the
+store (without one, a sweep keeps no progress).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from cachetools import TTLCache
 
 from ..verdict import Outcome
-from .base import AuditRow, DeniedUrl, VerdictStore
+from .base import AuditRow, DeniedUrl, SweepMark, VerdictStore
 
 
 class VerdictCache:
@@ -78,3 +81,15 @@ class VerdictCache:
     def record(self, row: AuditRow) -> None:
         if self.store is not None:
             self.store.record(row)
+
+    @property
+    def persistent(self) -> bool:
+        """Whether there is a store behind the cache (sweep progress, verdicts outlive the process)."""
+        return self.store is not None
+
+    async def mark_swept(self, mark: SweepMark) -> None:
+        if self.store is not None:
+            await self.store.mark_swept(mark)
+
+    async def swept(self, source: str, keys: Sequence[str]) -> dict[str, SweepMark]:
+        return await self.store.swept(source, keys) if self.store is not None else {}

@@ -12,12 +12,12 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .base import AuditRow, DeniedUrl, StoredVerdict, VerdictStore
+from .base import AuditRow, DeniedUrl, StoredVerdict, SweepMark, VerdictStore
 import contextlib
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,23 @@ CREATE TABLE IF NOT EXISTS denied_urls (
     policy TEXT NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sweep_progress (
+    source TEXT NOT NULL,
+    key TEXT NOT NULL,
+    version TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    policy TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    action TEXT NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (source, key)
+);
 """
+
+SWEEP_COLUMNS = ("source", "key", "version", "size", "policy", "sha256", "outcome", "action", "ts")
+SWEPT_LOOKUP_BATCH = 500
+"""Keys per query when looking sweep marks up (below SQLite's limit on bound parameters)."""
 
 COLUMNS = ("ts", "sha256", "source", "instance", "policy", "action", "decided_by", "labels", "scores", "latency_ms", "detail", "url")
 
@@ -56,7 +72,7 @@ class SqliteStore(VerdictStore):
     def __init__(self, path: str, *, max_pending: int = 10_000, on_drop: Callable[[], None] | None = None) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
-        self._queue: asyncio.Queue[AuditRow | DeniedUrl] = asyncio.Queue(maxsize=max_pending)
+        self._queue: asyncio.Queue[AuditRow | DeniedUrl | SweepMark] = asyncio.Queue(maxsize=max_pending)
         self._conn: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._on_drop = on_drop
@@ -89,7 +105,7 @@ class SqliteStore(VerdictStore):
     def deny_url(self, denial: DeniedUrl) -> None:
         self._put(denial)
 
-    def _put(self, row: AuditRow | DeniedUrl) -> None:
+    def _put(self, row: AuditRow | DeniedUrl | SweepMark) -> None:
         try:
             self._queue.put_nowait(row)
         except asyncio.QueueFull:
@@ -100,16 +116,36 @@ class SqliteStore(VerdictStore):
     async def flush(self) -> None:
         await self._queue.join()
 
-    def _insert(self, rows: list[AuditRow | DeniedUrl]) -> None:
+    async def mark_swept(self, mark: SweepMark) -> None:
+        await self._queue.put(mark)
+
+    async def swept(self, source: str, keys: Sequence[str]) -> dict[str, SweepMark]:
+        found: dict[str, SweepMark] = {}
+        for start in range(0, len(keys), SWEPT_LOOKUP_BATCH):
+            chunk = list(keys[start : start + SWEPT_LOOKUP_BATCH])
+            rows = await self.query(
+                f"SELECT {','.join(SWEEP_COLUMNS)} FROM sweep_progress WHERE source = ? AND key IN ({','.join('?' * len(chunk))})",
+                (source, *chunk),
+            )
+            found.update((r["key"], SweepMark(**r)) for r in rows)
+        return found
+
+    def _insert(self, rows: list[AuditRow | DeniedUrl | SweepMark]) -> None:
         assert self._conn is not None
         placeholders = ",".join("?" for _ in COLUMNS)
         decisions = [r.values() for r in rows if isinstance(r, AuditRow)]
         denied = [r.values() for r in rows if isinstance(r, DeniedUrl)]
+        marks = [r.values() for r in rows if isinstance(r, SweepMark)]
         with self._conn:
             if decisions:
                 self._conn.executemany(f"INSERT INTO decisions ({','.join(COLUMNS)}) VALUES ({placeholders})", decisions)
             if denied:
                 self._conn.executemany("INSERT OR REPLACE INTO denied_urls VALUES (?, ?, ?, ?, ?)", denied)
+            if marks:
+                self._conn.executemany(
+                    f"INSERT OR REPLACE INTO sweep_progress ({','.join(SWEEP_COLUMNS)}) VALUES ({','.join('?' * len(SWEEP_COLUMNS))})",
+                    marks,
+                )
 
     async def url_denial(self, url: str) -> str | None:
         rows = await self.query("SELECT reason FROM denied_urls WHERE url = ?", (url,))
