@@ -82,6 +82,11 @@ class Pipeline:
         return self._finish(outcome, sha256=sha256, instance=instance, source=source,
                             started=started if started is not None else time.perf_counter(), url=url)
 
+    def unread(self, instance: Instance, source: str, kind: InvalidKind, detail: str, *, url: str | None = None) -> Verdict:
+        """Media refused before it was read (over a size bound, say): the policy's fallback for ``kind``."""
+        outcome = self._invalid(instance.policy, kind, detail, "-", source)
+        return self._finish(outcome, sha256="", instance=instance, source=source, started=time.perf_counter(), url=url)
+
     async def judge(self, data: bytes, instance: Instance, source: str, *, url: str | None = None) -> Verdict:
         """Judge one media body for one instance. Never raises for bad media or scorer trouble."""
         started = time.perf_counter()

@@ -42,10 +42,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from .app import Services
-from .config import Instance
+from .app import Services, build_services
+from .config import ConfigError, Instance, load_config
 from .stores import SweepMark
-from .verdict import DecidedBy, InvalidKind, Outcome, Verdict
+from .verdict import DecidedBy, InvalidKind, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -541,12 +541,8 @@ class Sweep:
     async def _judge(self, source: Source, entry: Entry) -> tuple[Verdict, bytes | None]:
         pipeline, policy = self.services.pipeline, self.instance.policy
         if entry.size > policy.limits.max_bytes:
-            outcome = Outcome(policy.fallback(InvalidKind.TOO_LARGE), DecidedBy.INVALID, error_kind=InvalidKind.TOO_LARGE,
-                              detail=f"{entry.size} bytes, over limits.max_bytes ({policy.limits.max_bytes}); not read")
-            verdict = Verdict.of(outcome, sha256="", source="sweep", instance=self.instance.name, policy=policy.name,
-                                 latency_ms=0.0)
-            pipeline.record(verdict, source.location(entry))
-            return verdict, None
+            detail = f"{entry.size} bytes, over limits.max_bytes ({policy.limits.max_bytes}); not read"
+            return pipeline.unread(self.instance, "sweep", InvalidKind.TOO_LARGE, detail, url=source.location(entry)), None
         data = await asyncio.to_thread(source.read, entry)
         return await pipeline.judge(data, self.instance, "sweep", url=source.location(entry)), data
 
@@ -635,9 +631,6 @@ def _human(summary: dict[str, Any]) -> str:
 async def command(args: Any) -> int:
     """``fedi-filter sweep``: 0 when nothing was flagged, 1 when something was, 2 on a usage or setup
     error, 130 when interrupted (progress kept: the same command resumes)."""
-    from .app import build_services
-    from .config import ConfigError, load_config
-
     def fail(message: str) -> int:
         print(f"sweep: {message}", file=sys.stderr)
         return 2
