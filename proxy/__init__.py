@@ -8,7 +8,6 @@ Exceptions, one tree per concern:
 
 - ``ValueError``
   - :class:`ConfigError`: a config that cannot be used; ``path`` names the YAML key.
-  - ``classifier.RuleError``: a policy's rules (wrapped into ConfigError by the loader).
   - :class:`proxy.multipart.MultipartError`: a body we refuse to parse (answered 400, never forwarded).
 - ``Exception``
   - :class:`MediaError`: media refused as undecodable or hostile (``kind``: an ``InvalidKind``).

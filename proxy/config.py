@@ -20,7 +20,19 @@ from typing import Any
 
 import yaml
 
-from classifier import ClassifierSettings, RuleError, Rules, parse_rules, source_keys
+from classifier import (
+    Adjustment,
+    ClassifierSettings,
+    Concept,
+    Condition,
+    LabelRule,
+    Rules,
+    Signal,
+    parse_signal,
+    parse_threshold,
+    source_keys,
+)
+from classifier.rules import CLIP_SOURCE
 
 from . import backends
 from .hashing import HashList, parse_hash
@@ -221,15 +233,138 @@ def _hash_list(value: Any, path: str, ctx: Context) -> HashList:
     return build(HashListConfig, value, path, ctx)  # type: ignore[return-value]
 
 
+def _thresholds(value: Any, path: str, prompts: bool) -> dict[Signal, float]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a mapping, got {type(value).__name__}")
+    out: dict[Signal, float] = {}
+    for key, raw in value.items():
+        try:
+            sig = (CLIP_SOURCE, str(key)) if prompts else parse_signal(key)
+            out[sig] = parse_threshold(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{path}[{key!r}]", str(exc)) from None
+    return out
+
+
+def _prompt_thresholds(value: Any, path: str, ctx: Context) -> dict[Signal, float]:
+    return _thresholds(value, path, prompts=True)
+
+
+def _signal_thresholds(value: Any, path: str, ctx: Context) -> dict[Signal, float]:
+    return _thresholds(value, path, prompts=False)
+
+
+@dataclass(frozen=True)
+class ConceptConfig:
+    """A named set of signals: each one above its threshold is a hit, above its critical threshold two more."""
+
+    prompts: Mapping[Signal, float] = option(factory=dict, doc="CLIP prompt -> cosine threshold (a hit above it)",
+                                             parse=_prompt_thresholds)
+    critical: Mapping[Signal, float] = option(factory=dict, doc="CLIP prompt -> threshold for two hits more",
+                                              parse=_prompt_thresholds)
+    signals: Mapping[Signal, float] = option(factory=dict, doc="detector score (source.key) -> threshold",
+                                             parse=_signal_thresholds)
+    critical_signals: Mapping[Signal, float] = option(factory=dict, doc="detector score -> threshold for two hits more",
+                                                      parse=_signal_thresholds)
+
+    @classmethod
+    def from_config(cls, values: dict[str, Any], path: str, ctx: Context) -> ConceptConfig:
+        if not any(values.values()):
+            raise ConfigError(path, "a concept needs at least one prompt or signal")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ConditionConfig:
+    concept: str = option(doc="a concept of this policy")
+    min_hits: int = option(1, "hits of that concept at least", check=positive)
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    all: tuple[ConditionConfig, ...] | None = option(None, "conditions that must all hold")
+    any: tuple[ConditionConfig, ...] | None = option(None, "conditions of which one must hold")
+
+    @classmethod
+    def from_config(cls, values: dict[str, Any], path: str, ctx: Context) -> LabelConfig:
+        given = [k for k in ("all", "any") if values[k] is not None]
+        if len(given) != 1:
+            raise ConfigError(path, "expected exactly one of 'all' or 'any'")
+        if not values[given[0]]:
+            raise ConfigError(f"{path}.{given[0]}", "expected a non-empty list of conditions")
+        return cls(**values)
+
+    @property
+    def mode(self) -> str:
+        return "all" if self.all is not None else "any"
+
+    @property
+    def conditions(self) -> tuple[ConditionConfig, ...]:
+        return self.all if self.all is not None else (self.any or ())
+
+
+def _signal_name(value: Any, path: str, ctx: Context) -> Signal:
+    return parse_signal(value)
+
+
+def _threshold(value: Any, path: str, ctx: Context) -> float:
+    return parse_threshold(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WhenConfig:
+    prompt: str | None = option(None, "a CLIP prompt")
+    signal: Signal | None = option(None, "or a detector score (source.key)", parse=_signal_name)
+    above: float = option(doc="the adjustment applies when that score is above this", parse=_threshold)
+
+    @classmethod
+    def from_config(cls, values: dict[str, Any], path: str, ctx: Context) -> WhenConfig:
+        if (values["prompt"] is None) == (values["signal"] is None):
+            raise ConfigError(path, "expected exactly one of 'prompt' or 'signal'")
+        return cls(**values)
+
+    @property
+    def ref(self) -> Signal:
+        return self.signal if self.signal is not None else (CLIP_SOURCE, str(self.prompt))
+
+
+@dataclass(frozen=True)
+class AdjustmentConfig:
+    when: WhenConfig = option(doc="the control score")
+    add: Mapping[Signal, float] = option(doc="CLIP prompt -> amount added to its score", parse=_prompt_thresholds)
+
+    @classmethod
+    def from_config(cls, values: dict[str, Any], path: str, ctx: Context) -> AdjustmentConfig:
+        if not values["add"]:
+            raise ConfigError(f"{path}.add", "expected at least one prompt to adjust")
+        return cls(**values)
+
+
+def _rules(concepts: Mapping[str, ConceptConfig], labels: Mapping[str, LabelConfig],
+           adjustments: tuple[AdjustmentConfig, ...], path: str) -> Rules:
+    for name, label in labels.items():
+        for i, cond in enumerate(label.conditions):
+            if cond.concept not in concepts:
+                raise ConfigError(f"{path}.labels.{name}.{label.mode}[{i}].concept",
+                                  f"{cond.concept!r} is not a concept of this policy; known: {sorted(concepts)}")
+    return Rules(
+        tuple(Concept(name, {**c.prompts, **c.signals}, {**c.critical, **c.critical_signals}) for name, c in concepts.items()),
+        tuple(LabelRule(name, tuple(Condition(c.concept, c.min_hits) for c in label.conditions), label.mode)
+              for name, label in labels.items()),
+        tuple(Adjustment(a.when.ref, a.when.above, dict(a.add)) for a in adjustments),
+    )
+
+
 def _reject_status(value: int) -> str | None:
     return None if 400 <= value <= 599 else f"expected a 4xx or 5xx status, got {value}"
 
 
 @dataclass(frozen=True)
 class Policy:
-    concepts: Any = option(None, "named sets of signals (CLIP prompts, detector scores) with thresholds")
-    labels: Any = option(None, "label -> all/any conditions on concept hit counts")
-    adjustments: Any = option(None, "control words: when one signal is high, shift other scores")
+    concepts: Mapping[str, ConceptConfig] = option(factory=dict, doc="named sets of signals (CLIP prompts, detector "
+                                                   "scores) with thresholds")
+    labels: Mapping[str, LabelConfig] = option(factory=dict, doc="label -> all/any conditions on concept hit counts")
+    adjustments: tuple[AdjustmentConfig, ...] = option((), "control words: when one signal is high, shift other scores")
     actions: Mapping[str, Action] = option(factory=dict, doc="label -> action; the most severe wins; unlisted: accept")
     inbox: InboxAction = option(InboxAction.STRIP, "what a flagged inbox delivery gets")
     on_error: Fallback = option(Fallback.REJECT, "classifier down, overloaded, too slow (reject = fail closed)")
@@ -249,10 +384,7 @@ class Policy:
 
     @classmethod
     def from_config(cls, values: dict[str, Any], path: str, ctx: Context) -> Policy:
-        try:
-            rules = parse_rules(values["concepts"], values["labels"], values["adjustments"], path=path)
-        except RuleError as exc:
-            raise ConfigError(exc.path, exc.message) from None
+        rules = _rules(values["concepts"], values["labels"], values["adjustments"], path)
         for source, key in rules.signals():
             try:
                 keys = source_keys(source)
@@ -454,5 +586,7 @@ def reference_fields() -> dict[str, type]:
     return {"server": ServerConfig, "classifier": ClassifierSettings, "fetch": FetchConfig, "egress": EgressConfig,
             "native_apis": NativeApisConfig,
             "policies.*": Policy, "policies.*.limits": MediaLimits, "policies.*.allow": HashListConfig,
-            "policies.*.deny": HashListConfig, "instances[]": Instance}
+            "policies.*.deny": HashListConfig, "instances[]": Instance, "policies.*.concepts.*": ConceptConfig,
+            "policies.*.labels.*": LabelConfig, "policies.*.labels.*.all[]": ConditionConfig,
+            "policies.*.adjustments[]": AdjustmentConfig, "policies.*.adjustments[].when": WhenConfig}
 

@@ -207,3 +207,48 @@ def test_every_key_has_a_doc() -> None:
     for cls in c.reference_fields().values():
         for key, f in yaml_fields(cls):
             assert f.metadata.get("doc"), f"{cls.__name__}.{key} has no doc"
+
+
+RULE_CONCEPTS = {
+    "young": {"prompts": {"child": 0.2, "teen": 0.2}, "critical": {"child": 0.3}},
+    "lewd": {"prompts": {"nudity": 0.2}, "signals": {"open_nsfw.nsfw": 0.8}},
+}
+
+
+@pytest.mark.parametrize(
+    ("concepts", "labels", "adjustments", "path", "needle"),
+    [
+        (RULE_CONCEPTS, {"x": {"all": [{"concept": "nope"}]}}, None, "policies.main.labels.x.all[0].concept", "'nope' is not a concept"),
+        (RULE_CONCEPTS, {"x": {"all": [{"concept": "young", "min_hits": 0}]}}, None, "policies.main.labels.x.all[0].min_hits",
+         "positive"),
+        (RULE_CONCEPTS, {"x": {"all": []}}, None, "policies.main.labels.x.all", "non-empty"),
+        (RULE_CONCEPTS, {"x": {"both": []}}, None, "policies.main.labels.x.both", "unknown key"),
+        (RULE_CONCEPTS, {"x": {"all": [{"concept": "young"}], "any": [{"concept": "lewd"}]}}, None, "policies.main.labels.x",
+         "exactly one"),
+        ({"c": {"prompts": {"cat": "high"}}}, {}, None, "policies.main.concepts.c.prompts['cat']", "not a number"),
+        ({"c": {"prompts": {"cat": 2}}}, {}, None, "policies.main.concepts.c.prompts['cat']", "outside"),
+        ({"c": {"signals": {"nsfw": 0.5}}}, {}, None, "policies.main.concepts.c.signals['nsfw']", "source.key"),
+        ({"c": {}}, {}, None, "policies.main.concepts.c", "at least one"),
+        (RULE_CONCEPTS, {}, [{"when": {"prompt": "a", "signal": "open_nsfw.nsfw", "above": 0.1}, "add": {"teen": 0.1}}],
+         "policies.main.adjustments[0].when", "exactly one"),
+        (RULE_CONCEPTS, {}, [{"when": {"prompt": "a", "above": 0.1}, "add": {}}], "policies.main.adjustments[0].add",
+         "at least one"),
+    ],
+)
+def test_rule_errors_name_the_path(concepts, labels, adjustments, path: str, needle: str) -> None:
+    pol = {"concepts": concepts, "labels": labels}
+    if adjustments is not None:
+        pol["adjustments"] = adjustments
+    e = err(config_dict(pol))
+    assert e.path == path and needle in e.message
+
+
+def test_rules_are_built_from_the_policy() -> None:
+    pol = {"concepts": RULE_CONCEPTS, "labels": {"both": {"all": [{"concept": "young", "min_hits": 3}, {"concept": "lewd"}]}},
+           "adjustments": [{"when": {"signal": "open_nsfw.nsfw", "above": 0.5}, "add": {"teen": -0.1}}],
+           "actions": {"both": "reject"}}
+    rules = parse_config(config_dict(pol)).policies["main"].rules
+    assert rules.evaluate({("clip", "child"): 0.31, ("open_nsfw", "nsfw"): 0.9}).labels == {"both"}
+    assert rules.sources() == {"clip", "open_nsfw"}
+    adjusted = rules.evaluate({("clip", "teen"): 0.25, ("open_nsfw", "nsfw"): 0.9})
+    assert adjusted.scores[("clip", "teen")] == pytest.approx(0.15)
