@@ -195,6 +195,29 @@ def _overloaded(ctx: Context, instance: Instance, source: str, exc: Exception, r
 # --- the content gate --------------------------------------------------------------------------------
 
 
+INLINE_BYTES = 256 * 1024
+"""Bodies larger than this (or encoded) are decoded and parsed in a worker thread, not on the event loop."""
+
+
+def _read_sync(body: bytes, encoding: str | None, ctype: str, ctype_header: str, query: str,
+               limit: int) -> tuple[Any | None, list[Piece]]:
+    """(an ActivityStreams document when the body is one, else None; the would-be files)."""
+    decoded = decode_content(body, encoding, limit)
+    if is_json_type(ctype) or ctype in ACTIVITY_TYPES:
+        doc = load_json(decoded)
+        if is_activity(doc):
+            return doc, []
+    return None, find_media(decoded, ctype, ctype_header, query)
+
+
+async def _read(request: web.Request, body: bytes, limit: int) -> tuple[Any | None, list[Piece]]:
+    args = (body, request.headers.get("Content-Encoding"), media_type(request), content_type_header(request),
+            request.query_string, limit)
+    if len(body) > INLINE_BYTES or args[1]:
+        return await asyncio.to_thread(_read_sync, *args)
+    return _read_sync(*args)
+
+
 async def _judge_pieces(ctx: Context, instance: Instance, pieces: list[Piece], source: str) -> list[Verdict]:
     return list(await asyncio.gather(*(ctx.pipeline.judge(p.data, instance, source) for p in pieces)))
 
@@ -203,19 +226,26 @@ async def gate(ctx: Context, request: web.Request, instance: Instance, route: Ro
                body: bytes, source: str = "upload") -> web.StreamResponse:
     """Judge every would-be file in ``body``; forward the original bytes, strip flagged parts, or refuse."""
     backend, m = instance.backend, ctx.metrics
-    ctype = media_type(request)
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    # a decoded body may be far larger than the wire bytes: budget the worst case while it is held
+    extra = ctx.config.server.max_body_bytes if encoding not in ("", "identity") else 0
     try:
-        decoded = decode_content(body, request.headers.get("Content-Encoding"), ctx.config.server.max_body_bytes)
-        if is_json_type(ctype) or ctype in ACTIVITY_TYPES:
-            doc = load_json(decoded)
-            if is_activity(doc):
-                return await inbox_body(ctx, request, instance, body, doc)
-        pieces = find_media(decoded, ctype, content_type_header(request), request.query_string)
+        if extra:
+            await ctx.budget.acquire(extra, _deadline(instance))
+    except OverBudget as exc:
+        return _overloaded(ctx, instance, source, exc, route)
+    try:
+        doc, pieces = await _read(request, body, ctx.config.server.max_body_bytes)
     except Unreadable as exc:
         # never forwarded: the backend's parser might read media out of what we could not read
         log.warning("%s %s to %s refused: %s", request.method, request.path, instance.name, exc)
         m.uploads.labels(instance.name, "malformed").inc()
         return backend.refusal(f"malformed upload: {exc}", status=exc.status, code=exc.code, route=route)
+    finally:
+        if extra:
+            await ctx.budget.release(extra)
+    if doc is not None:
+        return await inbox_body(ctx, request, instance, body, doc)
     if not pieces:
         return await ctx.forwarder.forward(request, instance, body=body)
     verdicts = await _judge_pieces(ctx, instance, pieces, source)
@@ -305,8 +335,7 @@ async def inbox(ctx: Context, request: web.Request, instance: Instance) -> web.S
     try:
         async with held_body(ctx, request, _deadline(instance)) as body:
             try:
-                doc = load_json(decode_content(body, request.headers.get("Content-Encoding"),
-                                               ctx.config.server.max_body_bytes))
+                doc = await _load_delivery(request, body, ctx.config.server.max_body_bytes)
             except Unreadable as exc:
                 return await _fail_closed(ctx, request, instance, body, f"unreadable delivery: {exc}")
             return await inbox_body(ctx, request, instance, body, doc)
@@ -320,6 +349,15 @@ async def inbox(ctx: Context, request: web.Request, instance: Instance) -> web.S
         log.warning("inbox delivery to %s over the in-flight byte budget (%s): forwarded unjudged; its media is "
                     "judged where the backend fetches it (egress, pict-rs validation)", instance.name, exc)
         return await ctx.forwarder.forward(request, instance)
+
+
+async def _load_delivery(request: web.Request, body: bytes, limit: int) -> Any:
+    encoding = request.headers.get("Content-Encoding")
+
+    def load() -> Any:
+        return load_json(decode_content(body, encoding, limit))
+
+    return await asyncio.to_thread(load) if len(body) > INLINE_BYTES or encoding else load()
 
 
 async def _object_media(ctx: Context, instance: Instance, objects: list[str]) -> tuple[list[str], list[str]]:
