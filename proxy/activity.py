@@ -17,42 +17,45 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
+import re
+from html import unescape
 from typing import Any
 from urllib.parse import urlsplit
 
 MEDIA_KEYS = ("attachment", "image", "icon", "preview")
 HTML_KEYS = ("content", "summary")
 OBJECT_ACTIVITIES = frozenset({"Announce", "Create", "Update", "Add"})
+STUB_KEYS = frozenset({"id", "type", "@context"})
+REFERENCE_KEYS = ("inReplyTo", "quoteUrl", "quoteUri", "_misskey_quote")
 MAX_DEPTH = 32
 MAX_NODES = 20_000
 
 
-class _ImgSrc(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.srcs: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag != "img":
-            return
-        for key, value in attrs:
-            if not value:
-                continue
-            if key == "src":
-                self.srcs.append(value)
-            elif key == "srcset":
-                self.srcs += [c.strip().split()[0] for c in value.split(",") if c.strip()]
+_ATTR = re.compile(r"""(?is)(?:^|\s)(src|srcset)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""")
 
 
 def img_sources(html: str) -> list[str]:
-    parser = _ImgSrc()
-    try:
-        parser.feed(html)
-        parser.close()
-    except (AssertionError, ValueError):  # html.parser's complaints about broken markup
-        pass
-    return parser.srcs
+    """``src`` and ``srcset`` URLs of every ``<img>`` in ``html``, in one linear pass (html.parser is
+    quadratic on some inputs: one hostile delivery must not stall the proxy). Each piece between two
+    ``>`` holds at most one tag start that matters: the last ``<img`` in it."""
+    out: list[str] = []
+    lower = html.lower()
+    pos = 0
+    while True:
+        end = lower.find(">", pos)
+        chunk_end = end if end >= 0 else len(html)
+        start = lower.rfind("<img", pos, chunk_end)
+        if start >= 0 and (start + 4 == chunk_end or not lower[start + 4].isalnum()):
+            for m in _ATTR.finditer(html, start + 4, chunk_end):
+                value = unescape(next(g for g in m.groups()[1:] if g is not None))
+                if m.group(1).lower() == "src":
+                    if value:
+                        out.append(value)
+                else:
+                    out += [c.strip().split()[0] for c in value.split(",") if c.strip()]
+        if end < 0:
+            return out
+        pos = end + 1
 
 
 def _links(value: Any, depth: int = 0) -> Iterator[str]:
@@ -104,6 +107,11 @@ def extract(activity: Any) -> Extraction:
             seen[url] = None
             out.urls.append(url)
 
+    def name(raw: str) -> None:
+        obj = http_url(raw)
+        if obj is not None and obj not in out.objects:
+            out.objects.append(obj)
+
     def walk(node: Any, depth: int) -> None:
         nonlocal nodes
         nodes += 1
@@ -138,10 +146,15 @@ def extract(activity: Any) -> Extraction:
         kind = node.get("type")
         kinds = set(kind) if isinstance(kind, list) else {kind}
         target = node.get("object")
-        if kinds & OBJECT_ACTIVITIES and isinstance(target, str):
-            obj = http_url(target)
-            if obj is not None and obj not in out.objects:
-                out.objects.append(obj)
+        if kinds & OBJECT_ACTIVITIES:
+            # an object named by URL, or by a stub that carries only its id: the backend fetches it
+            if isinstance(target, dict) and isinstance(target.get("id"), str) and not set(target) - STUB_KEYS:
+                target = target["id"]
+            if isinstance(target, str):
+                name(target)
+        for key in REFERENCE_KEYS:  # posts a backend fetches to show a thread or a quote
+            if isinstance(node.get(key), str):
+                name(node[key])
         for key, value in node.items():
             if key != "@context" and isinstance(value, (dict, list)):
                 walk(value, depth + 1)

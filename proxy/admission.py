@@ -13,7 +13,10 @@ import time
 
 
 class OverBudget(Exception):
-    """No room in the byte budget before the deadline."""
+    """No room in the byte budget before the deadline. ``read``: what the caller had read of the body
+    when room ran out (so an inbox can still be forwarded whole)."""
+
+    read: bytes = b""
 
 
 class ByteBudget:

@@ -106,6 +106,8 @@ class ServerConfig:
     decode_workers: int = option(2, "threads that hash and decode media beside the event loop", check=positive)
     max_inflight_bytes: int = option(268_435_456, "request bodies held at once for judging (256 MiB); past it a body "
                                      "waits within the policy timeout, then gets on_error", check=positive)
+    body_timeout_ms: int = option(60_000, "a body held for judging must arrive within this (nginx buffers bodies, "
+                                  "so slow senders wait there); past it: 408", check=positive)
 
     @property
     def host(self) -> str:
@@ -123,7 +125,8 @@ class FetchConfig:
     max_bytes: int = option(41_943_040, "larger responses are refused (too_large)", check=positive)
     timeout_ms: int = option(5000, "one fetch, redirects included", check=positive)
     max_redirects: int = option(3, "redirects followed, each target checked again", check=non_negative)
-    max_urls: int = option(16, "media URLs judged per inbox delivery (the rest: judged downstream)", check=positive)
+    max_urls: int = option(64, "media URLs an inbox delivery may carry (all judged at once); more: on_invalid",
+                           check=positive)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ MAX_PIECES = 64
 MAX_JSON_DEPTH = 64
 
 _DATA_URI = re.compile(rb"data:[^;,\s\"'&]{0,100}(?:;[^;,\s\"'&]{0,100}){0,8};base64,", re.I)
-_B64 = re.compile(rb"[A-Za-z0-9+/=_\-\s]+")
 
 
 class Unreadable(ValueError):
@@ -68,6 +67,9 @@ def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
                 out = d.decompress(data, limit + 1)
                 if not d.eof and len(out) <= limit and d.unconsumed_tail:
                     raise Unreadable(f"{coding} body does not end")
+                if d.eof and d.unused_data:
+                    # a second gzip member: decoders disagree on reading it (Python reads all, actix one)
+                    raise Unreadable(f"{coding} body has bytes after its end")
             except zlib.error as exc:
                 if coding == "deflate":  # raw deflate, as some clients send it
                     try:
@@ -76,14 +78,7 @@ def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
                         raise Unreadable(f"body is not valid {coding}: {exc}") from None
                 else:
                     raise Unreadable(f"body is not valid {coding}: {exc}") from None
-        elif coding == "br":
-            import brotli  # mitmproxy's dependency, so always installed
-
-            try:
-                out = brotli.decompress(data)
-            except brotli.error as exc:
-                raise Unreadable(f"body is not valid br: {exc}") from None
-        else:
+        else:  # br among them: its decoder here cannot bound its output, so a small bomb would inflate whole
             raise Unreadable(f"Content-Encoding {coding!r} cannot be checked", status=415, code="unsupported-encoding")
         if len(out) > limit:
             raise Unreadable(f"decoded body is over the limit of {limit} bytes", status=413, code="too-large")
@@ -91,28 +86,40 @@ def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
     return data
 
 
-def _b64(raw: bytes) -> bytes | None:
-    """Decode base64 the lenient way backends do (Ruby's unpack('m'), Node's Buffer.from): characters
-    outside the alphabet are skipped; URL-safe letters are read too."""
-    cleaned = re.sub(rb"[^A-Za-z0-9+/_\-]", b"", raw).replace(b"-", b"+").replace(b"_", b"/")
-    cleaned += b"=" * (-len(cleaned) % 4)
-    try:
-        return base64.b64decode(cleaned)
-    except (binascii.Error, ValueError):
-        return None
+def _b64(raw: bytes) -> set[bytes]:
+    """The bytes lenient decoders read out of ``raw``: Ruby's ``unpack('m')`` (Paperclip) and Node's
+    ``Buffer.from`` skip every character outside the alphabet, stop at ``=``, and drop a lone last
+    character; Node also reads the URL-safe letters. One result per distinct reading."""
+    head = raw.split(b"=", 1)[0]
+    out = set()
+    for alphabet in (rb"[^A-Za-z0-9+/]", rb"[^A-Za-z0-9+/_\-]"):
+        cleaned = re.sub(alphabet, b"", head).replace(b"-", b"+").replace(b"_", b"/")
+        if len(cleaned) % 4 == 1:
+            cleaned = cleaned[:-1]
+        cleaned += b"=" * (-len(cleaned) % 4)
+        try:
+            out.add(base64.b64decode(cleaned))
+        except (binascii.Error, ValueError):  # pragma: no cover - cleaned is canonical by construction
+            out.add(b"")
+    return out
 
 
-def data_uris(text: bytes, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-    """The payload of every ``data:...;base64,`` URI in ``text[start:end]``, a value as the backend's
-    parser hands it over (a JSON string, a form value, a part's content)."""
+_VALUE_END = re.compile(rb"[\"'<>&\x00]")
+"""Where a data: URI ends in bytes no parser split into values for us (raw bodies, text parts)."""
+
+
+def data_uris(text: bytes, start: int = 0, end: int | None = None, *, whole: bool = False) -> Iterator[bytes]:
+    """The payload of every ``data:...;base64,`` URI in ``text[start:end]``. ``whole``: ``text`` is one
+    value as the backend's parser hands it over (a JSON string, a form or query value), so the payload
+    runs to its end, as Paperclip's ``(.*)`` reads it; else it runs to a quote, ``<``, ``>`` or ``&``.
+    Every prefix found yields what the decoders would read, even nothing: never skipped silently."""
     end = len(text) if end is None else end
     for m in _DATA_URI.finditer(text, start, end):
-        tail = _B64.match(text, m.end(), end)
-        if tail is None:
-            continue
-        payload = _b64(tail.group(0))
-        if payload:
-            yield payload
+        stop = end
+        if not whole:
+            found = _VALUE_END.search(text, m.end(), end)
+            stop = found.start() if found else end
+        yield from _b64(text[m.end():stop])
 
 
 def _json_strings(node: object, depth: int = 0) -> Iterator[str]:
@@ -158,8 +165,16 @@ def load_json(body: bytes) -> object:
     return doc
 
 
+def media_type_of(header: str | None) -> str:
+    """The media type as the strictest backend reads it: cut at ``;``, ``,`` or white space (Rack splits on
+    ``;`` and ``,``, Rails' mime lookup stops at either), lower case; "" when there is none."""
+    return re.split(r"[;,\s]", (header or "").strip(), maxsplit=1)[0].lower()
+
+
 def is_json_type(content_type: str) -> bool:
-    return content_type == "application/json" or content_type.endswith("+json") or content_type == "text/json"
+    """JSON as some backend parses it: ``application/json``, every ``+json``, and Rails' and Laravel's
+    synonyms (``text/x-json``, ``application/jsonrequest``: any type naming json)."""
+    return "json" in content_type
 
 
 def find_media(body: bytes, content_type: str, content_type_header: str | None, query: str) -> list[Piece]:
@@ -173,7 +188,7 @@ def find_media(body: bytes, content_type: str, content_type_header: str | None, 
 
     for key, value in parse_qsl(query, keep_blank_values=True):
         for text in (key, value):
-            for payload in data_uris(text.encode("utf-8", "replace")):
+            for payload in data_uris(text.encode("utf-8", "replace"), whole=True):
                 add(Piece("query data: URI", payload))
     if not body:
         return pieces
@@ -186,7 +201,7 @@ def find_media(body: bytes, content_type: str, content_type_header: str | None, 
             if part.is_file:
                 add(Piece(f"part {i} {part.name!r}", part.content(body), part=i))
             else:  # a text field: scanned in place, never copied
-                for payload in data_uris(body, part.content_start, part.end):
+                for payload in data_uris(body, part.content_start, part.end, whole=True):
                     add(Piece(f"part {i} {part.name!r} data: URI", payload, part=i, whole=False))
         return pieces
     if sniff(body) is not None:
@@ -195,14 +210,14 @@ def find_media(body: bytes, content_type: str, content_type_header: str | None, 
     if is_json_type(content_type):
         doc = load_json(body)
         for text in _json_strings(doc):
-            for payload in data_uris(text.encode("utf-8", "surrogatepass")):
+            for payload in data_uris(text.encode("utf-8", "surrogatepass"), whole=True):
                 add(Piece("json data: URI", payload))
         return pieces
     if content_type in ("application/x-www-form-urlencoded", ""):
         # a POST without a Content-Type is read as a form by Rack
         for key, value in parse_qsl(body.decode("latin-1"), keep_blank_values=True):
             for text in (key, value):
-                for payload in data_uris(text.encode("latin-1", "replace")):
+                for payload in data_uris(text.encode("latin-1", "replace"), whole=True):
                     add(Piece("form data: URI", payload))
         return pieces
     for payload in data_uris(body):  # any other type: a data: URI wherever it sits in the bytes
@@ -214,14 +229,14 @@ def query_may_carry_media(query: str) -> bool:
     return "data:" in query.lower() or "data%3a" in query.lower()
 
 
-def may_carry_media(content_type: str, content_type_header: str | None, head: bytes) -> bool:
-    """Whether a body must be read whole before forwarding: anything a backend parses into fields or
-    files, or bytes that start like media. Other bodies (and nothing with an unknown type can be stored
-    as a file by the backends here) stream through."""
-    if is_multipart(content_type_header) or content_type == "application/x-www-form-urlencoded":
-        return True
-    if is_json_type(content_type) or content_type in ("", "text/plain"):
-        return True
-    if sniff(head) is not None:
-        return True
-    return b"data:" in head.lower()
+STREAMED_TYPES = frozenset({"application/octet-stream"})
+"""Body types no backend here parses into fields or files: these alone may stream through unread (when
+they do not start like media). Every other body is read whole and judged."""
+
+
+def streamable(content_type_header: str | None, head: bytes) -> bool:
+    """Whether a body may stream through without being read: its type is one no backend parses, named
+    plainly (no list, no second type), and its first bytes are not media."""
+    header = (content_type_header or "").strip()
+    return (media_type_of(header) in STREAMED_TYPES and "," not in header and not is_multipart(header)
+            and sniff(head) is None)

@@ -38,11 +38,15 @@ from .fetch import BlockedAddress, GuardedResolver
 from .media import sniff
 from .metrics import Metrics
 from .pipeline import Pipeline
-from .verdict import ErrorKind, Verdict
+from .verdict import Action, ErrorKind, InvalidKind, Verdict
 
 log = logging.getLogger(__name__)
 
-TEXT_TYPES = re.compile(r"^(text/|application/([\w.+-]*\+)?(json|xml|javascript|ecmascript)\b)", re.I)
+STREAMED_TYPES = re.compile(r"^\s*(text/html|application/([\w.+-]*\+)?json)\s*(;|$)", re.I)
+"""Responses streamed through (ActivityPub JSON, web pages): a backend never stores them as media. Every
+other response (text/plain, XML, SVG, archives, anything) is buffered and judged: an SVG or a zip of
+images can be labelled anything."""
+TEXT_TYPES = re.compile(r"^\s*(text/|application/([\w.+-]*\+)?(json|xml|javascript|ecmascript)\b)", re.I)
 SNIFF_BYTES = 32
 HEADER = "X-Fedi-Filter"
 MARK = "fedi_filter_refused"
@@ -136,7 +140,7 @@ class EgressAddon:
         """Text streams through (sniffed); everything else is buffered for judgement."""
         assert flow.response is not None
         ctype = flow.response.headers.get("Content-Type", "")
-        if TEXT_TYPES.match(ctype) and not flow.response.headers.get("Content-Encoding"):
+        if STREAMED_TYPES.match(ctype) and not flow.response.headers.get("Content-Encoding"):
             flow.response.stream = _CutDisguisedMedia(flow.request.pretty_url, self._on_cut)
             # the body may be cut short, so its length is not promised in advance
             flow.response.headers.pop("Content-Length", None)
@@ -160,10 +164,20 @@ class EgressAddon:
                         flow.request.pretty_url, exc)
             self._refuse(flow, 502, f"undecodable Content-Encoding {resp.headers.get('Content-Encoding', '')!r}")
             return
-        if sniff(body) is None:
-            self.metrics.egress.labels("not_media").inc()
-            return
         url = flow.request.pretty_url
+        if sniff(body) is None:
+            if TEXT_TYPES.match(resp.headers.get("Content-Type", "")) or not body:
+                self.metrics.egress.labels("not_media").inc()
+                return
+            # binary, and no media we can decode: the policy's on_unsupported (a backend may still store it)
+            action = self.instance.policy.fallback(InvalidKind.UNSUPPORTED)
+            self.metrics.egress.labels("unsupported").inc()
+            if action is Action.ACCEPT:
+                return
+            log.info("egress: %s is binary but no media we can judge (%s): on_unsupported refuses it", url,
+                     resp.headers.get("Content-Type", "no type"))
+            self._refuse(flow, 403, "reject: unsupported binary content")
+            return
         verdict = await self._judge(body, url)
         if verdict.accepted:
             self.metrics.egress.labels("accepted").inc()

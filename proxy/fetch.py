@@ -46,11 +46,18 @@ class BlockedAddress(Exception):
     wrap it into a DNS error."""
 
 
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
 def address_allowed(ip: IPAddress, allow: tuple[Network, ...] = ()) -> bool:
     if any(ip in net for net in allow if net.version == ip.version):
         return True
     if isinstance(ip, ipaddress.IPv6Address):
         mapped = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if mapped is None and (ip in NAT64 or ip in NAT64_LOCAL or ip in IPV4_COMPATIBLE):
+            mapped = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)  # NAT64 (RFC 6052) and IPv4-compatible forms
         if mapped is not None:
             return address_allowed(mapped, allow)
     return ip.is_global and not ip.is_multicast

@@ -43,8 +43,9 @@ from .content import (
     find_media,
     is_json_type,
     load_json,
-    may_carry_media,
+    media_type_of,
     query_may_carry_media,
+    streamable,
 )
 from .fetch import FetchError
 from .media import sniff
@@ -115,31 +116,42 @@ class Context:
         await asyncio.gather(*self.background, return_exceptions=True)
 
 
+class BodyTimeout(Exception):
+    """The body did not arrive within ``server.body_timeout_ms``."""
+
+
 @asynccontextmanager
 async def held_body(ctx: Context, request: web.Request, deadline: float, head: bytes = b"") -> AsyncIterator[bytes]:
-    """The whole body (``head`` already read), its bytes taken from the byte budget while it is held.
-    Raises BodyTooLarge past ``server.max_body_bytes``, OverBudget when no room comes before ``deadline``."""
+    """The whole body (``head`` already read). Its bytes are taken from the byte budget as they arrive,
+    never on what the client announces, so an idle sender holds only what it sent, and only until
+    ``server.body_timeout_ms``. Raises BodyTooLarge past ``server.max_body_bytes``, OverBudget when no
+    room comes before ``deadline`` (with ``exc.read``: the bytes read so far), BodyTimeout."""
     limit = ctx.config.server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(limit)
+    buf = bytearray()
     taken = 0
     try:
-        if request.content_length is not None:
-            if request.content_length > limit:
-                raise BodyTooLarge(limit)
-            await ctx.budget.acquire(request.content_length, deadline)
-            taken = request.content_length
-            yield await _read_exactly(request, head, request.content_length)
-            return
-        chunks = [head] if head else []
-        size = len(head)
-        async for chunk in request.content.iter_chunked(65536):
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(limit)
-            if size > taken:
-                await ctx.budget.acquire(size - taken, deadline)
-                taken = size
-            chunks.append(chunk)
-        yield b"".join(chunks)
+        try:
+            async with asyncio.timeout(ctx.config.server.body_timeout_ms / 1000):
+                chunk = head
+                while True:
+                    if chunk:
+                        if len(buf) + len(chunk) > limit:
+                            raise BodyTooLarge(limit)
+                        try:
+                            await ctx.budget.acquire(len(chunk), deadline)
+                        except OverBudget as exc:
+                            exc.read = bytes(buf) + chunk
+                            raise
+                        taken += len(chunk)
+                        buf += chunk  # grows in place (large buffers are remapped, not copied)
+                    chunk = await request.content.readany()
+                    if not chunk:
+                        break
+        except TimeoutError:
+            raise BodyTimeout(f"the body did not arrive within {ctx.config.server.body_timeout_ms} ms") from None
+        yield buf  # type: ignore[misc]  # a bytearray serves every reader of the body as bytes
     finally:
         if taken:
             await ctx.budget.release(taken)
@@ -152,26 +164,9 @@ def content_type_header(request: web.Request) -> str:
 
 
 def media_type(request: web.Request) -> str:
-    """The Content-Type's media type as sent, lower case; "" when there is none (aiohttp's
+    """The Content-Type's media type as the strictest backend reads it; "" when there is none (aiohttp's
     ``content_type`` would say application/octet-stream, but Rack reads a body without one as a form)."""
-    return content_type_header(request).split(";", 1)[0].strip().lower()
-
-
-async def _read_exactly(request: web.Request, head: bytes, size: int) -> bytes:
-    """The body of announced ``size`` in one buffer filled in place (no chunk list joined into a second
-    copy): held bodies cost their size once, which is what the byte budget counts."""
-    buf = bytearray(size)
-    buf[: len(head)] = head
-    pos = len(head)
-    while pos < size:
-        chunk = await request.content.readany()
-        if not chunk:
-            raise web.HTTPBadRequest(text="body shorter than its Content-Length")
-        if pos + len(chunk) > size:
-            raise web.HTTPBadRequest(text="body longer than its Content-Length")
-        buf[pos:pos + len(chunk)] = chunk
-        pos += len(chunk)
-    return buf  # type: ignore[return-value]  # a bytearray serves every reader of the body as bytes
+    return media_type_of(content_type_header(request))
 
 
 def unavailable(instance: Instance, verdict: Verdict, route: Route | None = None) -> web.Response:
@@ -330,8 +325,10 @@ async def _fail_closed(ctx: Context, request: web.Request, instance: Instance, b
     return web.json_response({"error": f"delivery refused: {why}"}, status=403)
 
 
-async def inbox(ctx: Context, request: web.Request, instance: Instance) -> web.StreamResponse:
-    """An ActivityPub delivery: read it (admitted against the byte budget) and judge its media."""
+async def inbox(ctx: Context, request: web.Request, instance: Instance, route: Route | None) -> web.StreamResponse:
+    """An ActivityPub delivery: read it (admitted against the byte budget) and judge its media. ``route``:
+    the inbox route it was sent to, None when only its type says it is a delivery (then overload gets the
+    retryable upload answer: an API upload dressed as an activity is never forwarded unread)."""
     try:
         async with held_body(ctx, request, _deadline(instance)) as body:
             try:
@@ -342,13 +339,17 @@ async def inbox(ctx: Context, request: web.Request, instance: Instance) -> web.S
     except BodyTooLarge as exc:
         ctx.metrics.inbox.labels(instance.name, "too_large").inc()
         return web.json_response({"error": str(exc)}, status=413)
+    except BodyTimeout as exc:
+        return web.json_response({"error": str(exc)}, status=408)
     except OverBudget as exc:
-        # never a 5xx on an inbox: forward it unread; the backend's own fetches are judged downstream
+        if route is None:
+            return _overloaded(ctx, instance, "inbox", exc, None)
+        # never a 5xx on an inbox: forward it unjudged, whole; the backend's own fetches are judged downstream
         ctx.metrics.overload.labels("inflight_bytes").inc()
         ctx.metrics.inbox.labels(instance.name, "forwarded_overloaded").inc()
         log.warning("inbox delivery to %s over the in-flight byte budget (%s): forwarded unjudged; its media is "
                     "judged where the backend fetches it (egress, pict-rs validation)", instance.name, exc)
-        return await ctx.forwarder.forward(request, instance)
+        return await ctx.forwarder.forward(request, instance, stream=_stream_with_head(request, exc.read))
 
 
 async def _load_delivery(request: web.Request, body: bytes, limit: int) -> Any:
@@ -360,27 +361,37 @@ async def _load_delivery(request: web.Request, body: bytes, limit: int) -> Any:
     return await asyncio.to_thread(load) if len(body) > INLINE_BYTES or encoding else load()
 
 
-async def _object_media(ctx: Context, instance: Instance, objects: list[str]) -> tuple[list[str], list[str]]:
-    """Fetch objects named by URL (as the backend will) and list their media; the objects that could not
-    be fetched (authorized fetch, a host down) come back apart: they stay pending for downstream guards."""
+async def _object_media(ctx: Context, instance: Instance, objects: list[str],
+                        timeout_s: float) -> tuple[list[str], list[str]]:
+    """Fetch objects named by URL (as the backend will), side by side, within ``timeout_s``, and list their
+    media; the objects that could not be fetched (authorized fetch, a host down, too slow) come back apart:
+    they are left to the backend's guarded fetch (egress, pict-rs validation judge what it stores)."""
     fetcher = ctx.pipeline.fetcher
-    urls: list[str] = []
-    pending: list[str] = []
     if fetcher is None:
-        return urls, objects
-    for url in objects:
+        return [], objects
+
+    async def one(url: str) -> list[str] | None:
         try:
             fetched = await fetcher.fetch(url, accept="application/activity+json, application/ld+json")
         except FetchError as exc:
             log.info("inbox object %s could not be fetched (%s): left to the backend's guarded fetch", url, exc.kind)
-            pending.append(url)
-            continue
+            return None
         if sniff(fetched.body) is not None:
-            urls.append(url)  # the object is media itself: judge it as such
-            continue
+            return [url]  # the object is media itself: judge it as such
         try:
-            urls += extract(load_json(fetched.body)).urls
+            return extract(await asyncio.to_thread(load_json, fetched.body)).urls
         except Unreadable:
+            return None
+
+    tasks = {url: asyncio.ensure_future(one(url)) for url in objects}
+    await asyncio.wait(tasks.values(), timeout=timeout_s)
+    urls: list[str] = []
+    pending: list[str] = []
+    for url, task in tasks.items():
+        if task.done() and task.result() is not None:
+            urls += task.result() or []
+        else:
+            task.cancel()
             pending.append(url)
     return urls, pending
 
@@ -391,22 +402,33 @@ async def inbox_body(ctx: Context, request: web.Request, instance: Instance, bod
     ext = extract(doc)
     if ext.problem:
         return await _fail_closed(ctx, request, instance, body, f"delivery {ext.problem}")
-    if len(ext.objects) > MAX_OBJECTS:
-        return await _fail_closed(ctx, request, instance, body, f"more than {MAX_OBJECTS} objects named by URL")
-    inline = [Piece("activity data: URI", d) for text in _strings(doc) for d in data_uris(text.encode("utf-8", "replace"))]
+    inline = [Piece("activity data: URI", d) for text in _strings(doc)
+              for d in data_uris(text.encode("utf-8", "replace"), whole=True)]
     if len(inline) > MAX_PIECES:
         return await _fail_closed(ctx, request, instance, body, f"more than {MAX_PIECES} data: URIs")
+    if inline:
+        # media inside the body itself: no URL to deny downstream, so it is judged now whatever the
+        # policy's inbox action, and a refusal refuses the delivery (never stripped, never passed)
+        verdicts = await _judge_pieces(ctx, instance, inline, "inbox")
+        if any(v.flags_media for v in verdicts):
+            m.inbox.labels(instance.name, "reject").inc()
+            reasons = sorted({v.reason for v in verdicts if v.flags_media})
+            return web.json_response({"error": f"delivery refused: media refused ({'; '.join(reasons)})"}, status=403)
+        unjudged = [v for v in verdicts if not v.accepted]
+        if unjudged:
+            return await _fail_closed(ctx, request, instance, body, f"media in the delivery not judged: {unjudged[0].reason}")
     urls = list(ext.urls)
     if ext.objects and policy.prefetch and policy.inbox is not InboxAction.PASS:
-        more, pending = await _object_media(ctx, instance, ext.objects)
-        urls += [u for u in more if u not in urls]
-        if pending:
+        fetched, pending = await _object_media(ctx, instance, ext.objects[:MAX_OBJECTS],
+                                               policy.inbox_timeout_ms / 2000)
+        urls += [u for u in fetched if u not in urls]
+        if pending or len(ext.objects) > MAX_OBJECTS:
             m.inbox.labels(instance.name, "object_pending").inc()
     if len(urls) > ctx.config.fetch.max_urls:
         return await _fail_closed(ctx, request, instance, body,
                                   f"{len(urls)} media URLs, over fetch.max_urls ({ctx.config.fetch.max_urls})")
-    if not urls and not inline:
-        m.inbox.labels(instance.name, "no_media").inc()
+    if not urls:
+        m.inbox.labels(instance.name, "no_media" if not inline else "forwarded").inc()
         return await ctx.forwarder.forward(request, instance, body=body)
     if not policy.prefetch or policy.inbox is InboxAction.PASS:
         ctx.spawn(_judge_all(ctx, urls, instance))
@@ -414,7 +436,6 @@ async def inbox_body(ctx: Context, request: web.Request, instance: Instance, bod
         return await ctx.forwarder.forward(request, instance, body=body)
 
     tasks = [asyncio.ensure_future(ctx.pipeline.judge_url(u, instance, "inbox")) for u in urls]
-    tasks += [asyncio.ensure_future(ctx.pipeline.judge(p.data, instance, "inbox")) for p in inline]
     done, pending_tasks = await asyncio.wait(tasks, timeout=policy.inbox_timeout_ms / 1000)
     for task in pending_tasks:  # judged in the background; refused URLs are denied downstream when done
         ctx.spawn(_await(task))
@@ -465,7 +486,9 @@ def _must_read(request: web.Request, head: bytes) -> bool:
     enc = request.headers.get("Content-Encoding", "").strip().lower()
     if enc and enc != "identity":
         return True
-    return may_carry_media(media_type(request), content_type_header(request), head)
+    if query_may_carry_media(request.query_string):
+        return True
+    return not streamable(content_type_header(request), head)
 
 
 async def _peek(request: web.Request) -> bytes:
@@ -491,7 +514,8 @@ async def handle(ctx: Context, request: web.Request, instance: Instance) -> web.
     ctype = media_type(request)
     if (route is not None and route.interception is Interception.INBOX) or (request.body_exists and ctype in ACTIVITY_TYPES):
         request[ROUTE_LABEL] = "inbox"
-        return await inbox(ctx, request, instance)
+        return await inbox(ctx, request, instance, route if route is not None and route.interception is Interception.INBOX
+                           else None)
     if not request.body_exists and query_may_carry_media(request.query_string):
         request[ROUTE_LABEL] = "upload"
         return await gate(ctx, request, instance, route, b"")
@@ -514,5 +538,8 @@ async def handle(ctx: Context, request: web.Request, instance: Instance) -> web.
     except BodyTooLarge as exc:
         ctx.metrics.uploads.labels(instance.name, "too_large").inc()
         return instance.backend.refusal(str(exc), status=413, code="too-large", route=route)
+    except BodyTimeout as exc:
+        ctx.metrics.uploads.labels(instance.name, "timeout").inc()
+        return instance.backend.refusal(str(exc), status=408, code="timeout", route=route)
     except OverBudget as exc:
         return _overloaded(ctx, instance, "upload", exc, route)

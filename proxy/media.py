@@ -62,6 +62,7 @@ SCENE_MEAN_DIFF = 24.0
 VIDEO_HEAD_S = 120.0
 """Videos: one frame per second (plus scene changes) for this long, then evenly spaced frames."""
 SVG_MAX_DEPTH = 3
+ZIP_TYPE = "application/zip"
 """SVG in SVG in SVG: deeper nesting is refused."""
 
 
@@ -82,7 +83,6 @@ _IMAGE_MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
     (b"GIF87a", 0, "image/gif"),
     (b"GIF89a", 0, "image/gif"),
-    (b"BM", 0, "image/bmp"),
     (b"II*\x00", 0, "image/tiff"),
     (b"MM\x00*", 0, "image/tiff"),
     (b"\x00\x00\x01\x00", 0, "image/x-icon"),
@@ -116,6 +116,36 @@ def _is_svg(head: bytes) -> bool:
     return bool(_SVG_ROOT.match(head, prolog.end() if prolog else 0))
 
 
+def _svg_past_the_window(data: bytes, window: int = 8192) -> bool:
+    """An XML prolog (white space, comments, processing instructions, a DOCTYPE) that runs past the first
+    ``window`` bytes hides where the root is: look for an SVG root in the whole file (a linear search),
+    as is-svg (Misskey) and librsvg read it."""
+    head = data[:window]
+    prolog = _XML_PROLOG.match(head)
+    rest = head[prolog.end() if prolog else 0:]
+    unfinished = not rest.strip() or rest.lstrip().startswith((b"<!--", b"<?", b"<!DOCTYPE", b"<!doctype"))
+    return len(data) > window and unfinished and _SVG_ROOT.search(data) is not None
+
+
+_DIB_HEADERS = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
+"""BITMAPINFOHEADER sizes: a file that starts with ``BM`` is a bitmap only if one follows (a text file
+starting "BMW" is not)."""
+
+
+def _is_bmp(data: bytes) -> bool:
+    return data[:2] == b"BM" and len(data) >= 18 and int.from_bytes(data[14:18], "little") in _DIB_HEADERS
+
+
+def _is_mp3_frame(data: bytes) -> bool:
+    """An MPEG audio frame header: sync, a real version, layer II or III (layer I files do not exist in
+    practice, and its bits are a UTF-16 byte-order mark's), a valid bitrate and sample rate."""
+    if len(data) < 3 or data[0] != 0xFF or data[1] & 0xE0 != 0xE0:
+        return False
+    version, layer = (data[1] >> 3) & 3, (data[1] >> 1) & 3
+    bitrate, rate = data[2] >> 4, (data[2] >> 2) & 3
+    return version != 1 and layer in (1, 2) and bitrate not in (0, 15) and rate != 3
+
+
 def _ftyp_image(data: bytes) -> str | None:
     major = data[8:12]
     box = int.from_bytes(data[:4], "big")
@@ -146,15 +176,19 @@ def sniff(data: bytes) -> str | None:
         return "video/quicktime" if brand == b"qt  " else "video/mp4"
     if data[:2] in (b"\xff\xfe", b"\xfe\xff") and _is_svg(data[:8192].decode("utf-16", "ignore").encode()):
         return SVG_TYPE  # before MP3: its frame sync matches a UTF-16 byte-order mark
-    if data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0 and data[1] & 0x06):
+    if _is_bmp(data):
+        return "image/bmp"
+    if data[:3] == b"ID3" or _is_mp3_frame(data):
         return "audio/mpeg"
+    if data[:4] == b"PK\x03\x04":
+        return ZIP_TYPE
     if data[:4] == b"OggS":
         return "audio/ogg"
     if data[:4] == b"fLaC":
         return "audio/flac"
     if data[:4] == b"\x1a\x45\xdf\xa3":
         return "video/webm"
-    if data[:1] in (b"<", b"\xef", b" ", b"\t", b"\r", b"\n") and _is_svg(data[:8192]):
+    if data[:1] in (b"<", b"\xef", b" ", b"\t", b"\r", b"\n") and (_is_svg(data[:8192]) or _svg_past_the_window(data)):
         return SVG_TYPE
     if data[:2] == b"\x1f\x8b":  # svgz: look at the start of the inflated text only
         try:
@@ -595,7 +629,48 @@ def _decode(data: bytes, limits: MediaLimits, size: int, deadline: float, depth:
         return _decode_video(data, mime, limits, size, c)
     if mime == SVG_TYPE:
         return _decode_svg(data, limits, size, c, depth)
+    if mime == ZIP_TYPE:
+        return _decode_zip(data, limits, size, c, depth)
     return _decode_image(data, mime, limits, size, c)
+
+
+MAX_ZIP_ENTRIES = 1000
+
+
+def _decode_zip(data: bytes, limits: MediaLimits, size: int, c: _Collector, depth: int) -> Decoded:
+    """An archive some backends unpack (Akkoma's emoji packs, Misskey's emoji import): every member that
+    is media is judged as such; the worst decides. Bounded: members, their total inflated size (zip
+    bombs), no archive inside an archive."""
+    import zipfile
+
+    if depth > 0:
+        raise MediaError("corrupt", "an archive inside an archive")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = [m for m in archive.infolist() if not m.is_dir()]
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise MediaError("corrupt", f"zip: {exc}") from None
+    if len(members) > MAX_ZIP_ENTRIES:
+        raise MediaError("too_many_frames", f"zip with {len(members)} members, over {MAX_ZIP_ENTRIES}")
+    if sum(m.file_size for m in members) > limits.max_bytes:
+        raise MediaError("too_large", f"zip inflates past {limits.max_bytes} bytes")
+    judged = 0
+    with archive:
+        for member in members:
+            c.check_deadline()
+            try:
+                with archive.open(member) as fh:
+                    body = fh.read(limits.max_bytes + 1)
+            except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, NotImplementedError) as exc:
+                raise MediaError("corrupt", f"zip member {member.filename!r}: {exc}") from None
+            if len(body) > member.file_size or sniff(body) is None:
+                if len(body) > member.file_size:
+                    raise MediaError("corrupt", f"zip member {member.filename!r} is larger than its header says")
+                continue  # a manifest, a licence: no picture
+            inner = _decode(body, limits, size, c.deadline, depth + 1)
+            c.add([(f, f"{member.filename}: {v}") for f, v in zip(inner.frames, inner.views, strict=True)])
+            judged += 1
+    return Decoded(ZIP_TYPE, 0, 0, judged, c.frames, c.views)
 
 
 def decode(data: bytes, limits: MediaLimits, input_size: int = DEFAULT_INPUT_SIZE) -> Decoded:

@@ -32,8 +32,16 @@ WS_HANDSHAKE = frozenset(h.lower() for h in ("Sec-WebSocket-Key", "Sec-WebSocket
 CHUNK = 65536
 
 
+END_TO_END = frozenset(h.lower() for h in (
+    "Content-Type", "Content-Length", "Content-Encoding", "Host", "Authorization", "Signature", "Digest", "Date",
+    "X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "Cookie", "Accept",
+))
+"""Headers a client's ``Connection`` header may not strip: the proxy judged the request by them, and the
+backend must read it the same way."""
+
+
 def _drop_hop_by_hop(headers: Any) -> CIMultiDict[str]:
-    named = {v.strip().lower() for v in headers.get("Connection", "").split(",") if v.strip()}
+    named = {v.strip().lower() for v in headers.get("Connection", "").split(",") if v.strip()} - END_TO_END
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named)
 
 

@@ -92,11 +92,11 @@ async def test_raw_media_bodies(env: Env) -> None:
     assert resp.status == 200 and env.backend.seen[-1].body == photo("rocket")
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "gzip, br"])
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "gzip, deflate"])
 async def test_content_encodings_are_judged_decoded_and_forwarded_as_sent(env: Env, encoding: str) -> None:
     def encode(data: bytes) -> bytes:
         for coding in [c.strip() for c in encoding.split(",")]:
-            data = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress}[coding](data)
+            data = {"gzip": gzip.compress, "deflate": zlib.compress}[coding](data)
         return data
 
     flagged, ctype = form_bytes("file", "a.jpg", photo("astronaut"))
@@ -117,6 +117,15 @@ async def test_what_cannot_be_decoded_is_refused(env: Env) -> None:
                              headers={"Content-Type": ctype, "Content-Encoding": "zstd-future"})
     assert resp.status == 415
     resp = await env.request("mastodon", "POST", "/api/v2/media", data=b"\x1f\x8b not gzip",
+                             headers={"Content-Type": ctype, "Content-Encoding": "gzip"})
+    assert resp.status == 400
+    # br: its decoder here cannot bound its output (1.6 KB inflates to 1 GiB): refused before decoding
+    br_bomb = brotli.compress(b"\0" * (64 << 20))
+    resp = await env.request("mastodon", "POST", "/api/v2/media", data=br_bomb,
+                             headers={"Content-Type": ctype, "Content-Encoding": "br"})
+    assert resp.status == 415
+    # a second gzip member: Python would read it, actix would not: refused, never forwarded
+    resp = await env.request("pictrs", "POST", "/image", data=gzip.compress(b"") + gzip.compress(body),
                              headers={"Content-Type": ctype, "Content-Encoding": "gzip"})
     assert resp.status == 400
     bomb = gzip.compress(b"\0" * (64 * 1024 * 1024))  # 64 MiB of zeros, ~64 KiB on the wire

@@ -52,7 +52,7 @@ async def test_deliveries_are_known_by_content_on_any_path(env: Env, path: str, 
 async def test_decoys_before_the_media_do_not_hide_it(env: Env) -> None:
     decoys = [f"http://127.0.0.1:{env.media.port}/page?{i}" for i in range(10)]
     assert await post(env, "/inbox", create(*decoys, env.media_url("astronaut"))) == 403
-    many = [f"http://127.0.0.1:{env.media.port}/page?{i}" for i in range(40)]  # over fetch.max_urls (16)
+    many = [f"http://127.0.0.1:{env.media.port}/page?{i}" for i in range(70)]  # over fetch.max_urls (64)
     assert await post(env, "/inbox", create(*many, env.media_url("coffee"))) == 403  # cannot judge all: fail closed
     assert env.backend.seen == []
 

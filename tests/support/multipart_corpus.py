@@ -114,6 +114,9 @@ def cases() -> list[Case]:
     semi = b"abc;def"
     add("boundary_semicolon_quoted", "quoted boundary containing ';'", file_part(jpg, boundary=semi) + close(semi), 'multipart/form-data; boundary="abc;def"')
     add("boundary_dashes", "boundary made of dashes only", file_part(jpg, boundary=b"--") + close(b"--"), ct(b"--"))
+    dart = b"dart-http-boundary-" + b"a1B2c3D4e5" * 4 + b"+_.x-"
+    add("boundary_trailing_dash", "boundary ending in one dash (Dart's package:http)", file_part(jpg, boundary=dart) + close(dart), ct(dart))
+    add("boundary_trailing_dashes", "boundary ending in two dashes", file_part(jpg, boundary=b"ab--") + close(b"ab--"), ct(b"ab--"))
     add("ctype_upper", "Multipart/Form-Data", std, f"Multipart/Form-Data; boundary={B.decode()}")
     add("ctype_charset", "charset param on the outer Content-Type", std, ct(extra="; charset=utf-8"))
     add("ctype_extra_param", "an unknown extra param", std, ct(extra="; foo=bar"))
