@@ -1,4 +1,4 @@
-"""The ``fedi-filter`` command line: serve, check-config, scan."""
+"""The ``fedi-filter`` command line: serve, check-config, scan, hash, bank."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from . import bankcli
 from .app import build_services
 from .config import ConfigError, load_config
 from .egress import serve_egress
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instance", help="instance whose policy applies (default: the first)")
     p.add_argument("--json", action="store_true", help="one JSON verdict per line")
     p.set_defaults(func=lambda a: asyncio.run(_scan(a)))
+
+    bankcli.add_parsers(sub)
 
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
