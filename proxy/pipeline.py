@@ -135,16 +135,19 @@ class Pipeline:
             self.store.remember(sha256, policy.name, outcome)
         return outcome
 
-    async def _decode(self, data: bytes, policy: Policy, started: float) -> Decoded:
-        """Decode in the worker pool. The media's own budget starts when a worker starts decoding; waiting
-        for a worker is bounded by what is left of the policy's budget and raises TimeoutError."""
+    async def _decode(self, data: bytes, policy: Policy, started: float,
+                      digests: Mapping[str, str]) -> tuple[Decoded, Outcome | None]:
+        """Decode in the worker pool, then (in the same worker) hash every frame with PDQ and match the PDQ
+        lists and banks: the media and what the lists say of it. The media's own budget starts when a
+        worker starts decoding; waiting for a worker is bounded by what is left of the policy's budget and
+        raises TimeoutError."""
         began: list[float] = []
 
-        def run() -> Decoded:
+        def run() -> tuple[Decoded, Outcome | None]:
             began.append(time.monotonic())
             decoded = decode(data, policy.limits)
             decoded.pdq = pdq_frames(decoded.frames, decoded.views)
-            return decoded
+            return decoded, self._listed(policy, digests, decoded)
 
         remaining = policy.timeout_ms / 1000 - (time.perf_counter() - started)
         future = asyncio.get_running_loop().run_in_executor(self._pool, run)
@@ -193,7 +196,7 @@ class Pipeline:
         """Decode, match PDQ lists and banks, classify. Never raises."""
         sha256 = digests["sha256"]
         try:
-            decoded = await self._decode(data, policy, started)
+            decoded, listed = await self._decode(data, policy, started, digests)
         except MediaError as exc:
             return self._invalid(policy, exc.kind, str(exc), sha256, source)
         except _DecodeWait as exc:
@@ -204,7 +207,6 @@ class Pipeline:
             return self._fallback(policy, ErrorKind.OVERLOADED,
                                   f"no decode worker free within {policy.timeout_ms} ms", sha256, source)
 
-        listed = self._listed(policy, digests, decoded)
         if listed is not None:
             return listed
         sources = policy.rules.sources()
