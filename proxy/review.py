@@ -296,20 +296,39 @@ async def static(request: web.Request) -> web.StreamResponse:
     return _secure(web.Response(body=_STATIC[name], content_type=_STATIC_TYPES[name]))
 
 
+_BANK_PDQ = re.compile(r"^bank [^:]+: pdq:([0-9a-f]{64})")
+
+
 async def _file_hashes(services: Services, policy: str, sha256: str) -> tuple[list[PdqHash], str]:
-    """The PDQ hashes known for a file: from its quarantined copy when kept, else from the own bank."""
+    """The PDQ hashes known for a file: from its quarantined copy when kept, else from the own bank; and
+    the bank entries its refusals matched (a copy of a known file: allowing it allows what it matched)."""
     path = _quarantined(services, policy, sha256)
     loop = asyncio.get_running_loop()
+    frames: list[PdqHash] = []
+    sources: list[str] = []
     if path is not None:
         try:
             data = await loop.run_in_executor(None, path.read_bytes)
-            _, _, frames = await loop.run_in_executor(None, file_hashes, data)
-            return list(frames), "quarantined copy"
+            frames += (await loop.run_in_executor(None, file_hashes, data))[2]
+            sources.append("quarantined copy")
         except Exception as exc:  # gone or undecodable: the bank may still know its hashes
             log.info("no hashes from the quarantined copy of %s: %s", sha256[:12], exc)
-    known = [PdqHash(e.value, e.quality or 100) for e in await services.banks.entries(OWN)
-             if e.sha256 == sha256 and e.kind == "pdq"]
-    return known, "own bank" if known else "sha256 only"
+    if not frames:
+        frames += [PdqHash(e.value, e.quality or 100) for e in await services.banks.entries(OWN)
+                   if e.sha256 == sha256 and e.kind == "pdq"]
+        if frames:
+            sources.append("own bank")
+    store = services.store.store
+    if store is not None:
+        try:
+            rows = await store.decisions(DecisionQuery(sha256=sha256, limit=20))
+        except NotImplementedError:
+            rows = []
+        matched = {m.group(1) for r in rows if r["decided_by"] == "bank" and (m := _BANK_PDQ.match(r["detail"] or ""))}
+        if matched:
+            frames += [PdqHash(v, 100) for v in sorted(matched)]
+            sources.append("the bank entries it matched")
+    return frames, " and ".join(sources) or "sha256 only"
 
 
 async def act(request: web.Request) -> web.StreamResponse:
@@ -344,6 +363,8 @@ async def act(request: web.Request) -> web.StreamResponse:
         removed = await banks.remove(other, sha256=sha256)
         if op == "allow":
             removed += await banks.remove(OWN, sha256=sha256)
+            for f in frames:
+                removed += await banks.remove(OWN, kind="pdq", value=f.value)
         for name in services.config.policies:
             services.store.forget(sha256, name)
         detail = f"{added} hashes to the {bank} bank (PDQ from {source}), {removed} removed elsewhere"

@@ -134,6 +134,22 @@ async def test_allow_fixes_a_false_positive_for_resized_copies_and_is_audited(ai
     assert log[0]["actor"].startswith("admin@") and "allow bank" in log[0]["detail"]
 
 
+async def test_allowing_a_copy_allows_the_bank_entry_it_matched(aiohttp_client: Client, tmp_path: Path) -> None:
+    """No quarantined copy, no own-bank entry of its own: the copy was refused by the own bank entry of
+    another file, and allowing the copy allows that entry's PDQ too."""
+    client = await start(aiohttp_client, make_config(policy(ALWAYS)))
+    assert (await post_media(client, photo("coffee")))[0] == 406
+    status, copy_ = await post_media(client, variant("coffee"))
+    assert status == 406 and copy_["decided_by"] == "bank"
+    assert (await post_media(client, variant("coffee", scale=0.5)))[0] == 406
+    csrf = await login(client)
+    await client.post("/admin/act", data={"op": "allow", "sha256": copy_["sha256"], "policy": "main", "csrf": csrf})
+    status, verdict = await post_media(client, variant("coffee", scale=0.5))
+    assert status == 200 and verdict["decided_by"] == "bank" and verdict["detail"].startswith("bank allow: pdq:")
+    assert await services(client).banks.entries(OWN) == [e for e in await services(client).banks.entries(OWN)
+                                                         if e.kind == "sha256"]
+
+
 async def test_confirm_deny_is_final(aiohttp_client: Client, tmp_path: Path) -> None:
     pol = policy(ALWAYS, actions={"flagged": "quarantine"}, quarantine_dir=str(tmp_path / "q"))
     client = await start(aiohttp_client, make_config(pol))
@@ -241,9 +257,11 @@ async def test_review_page_in_a_browser(aiohttp_client: Client, tmp_path: Path) 
 
             assert errors == []  # nothing refused by the Content-Security-Policy, no script error
 
-            async with page.expect_response(lambda r: r.url.endswith("/admin/act")) as refused:
+            async with page.expect_navigation() as refused:  # until the refusal page has loaded
                 await page.evaluate(FORM_WITHOUT_CSRF, shas["coffee"])
-            assert (await refused.value).status == 403
+            response = await refused.value
+            assert response is not None and response.url.endswith("/admin/act") and response.status == 403
+            assert "no valid CSRF token" in await page.content()
             assert (await post_media(client, variant("coffee")))[0] == 406
 
             await page.goto(base)
