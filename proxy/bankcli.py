@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import hashlib
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from .banks import BankRole, Banks, export_hma, file_entries, hma_file_name, imp
 from .config import ConfigError, MediaLimits, load_config
 from .hashing import HASH_KINDS, PdqHash, parse_hash, pdq_frames
 from .media import MediaError, decode
-from .stores import BankEntry, SqliteStore
+from .stores import BankEntry, ModerationRow, SqliteStore
 
 
 def file_hashes(data: bytes, limits: MediaLimits | None = None) -> tuple[str, str, tuple[PdqHash, ...]]:
@@ -74,6 +76,16 @@ async def _with_banks(config_path: str | None, work: Callable[[Banks], Awaitable
         await store.close()
 
 
+async def _audit(banks: Banks, action: str, detail: str) -> None:
+    """Bank changes from the command line go to the moderation log beside the review page's."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name in a bare container
+        user = "unknown"
+    if banks.store is not None:
+        await banks.store.record_moderation(ModerationRow(time.time(), f"cli:{user}", action, "", "", detail))
+
+
 def cmd_bank(args: argparse.Namespace) -> int:
     try:
         return _bank(args)
@@ -103,6 +115,7 @@ def _bank(args: argparse.Namespace) -> int:
                 await banks.create(args.bank, BankRole(args.role))
             added = await banks.add(entries)
             print(f"{args.bank}: {added} added, {len(entries) - added} already there")
+            await _audit(banks, "bank add", f"{args.bank}: {added} added")
             return 0
     elif op == "remove":
         entries = _items(args.bank, args.items, ())
@@ -113,9 +126,11 @@ def _bank(args: argparse.Namespace) -> int:
             if not entries:
                 n = await banks.drop(args.bank)
                 print(f"{args.bank}: removed with its {n} entries")
+                await _audit(banks, "bank remove", f"{args.bank}: removed with its {n} entries")
                 return 0
             n = sum([await banks.remove(args.bank, kind=e.kind, value=e.value) for e in entries])
             print(f"{args.bank}: {n} removed")
+            await _audit(banks, "bank remove", f"{args.bank}: {n} removed")
             return 0
     elif op == "import":
         batches: list[tuple[str, list[BankEntry]]] = []
@@ -136,6 +151,7 @@ def _bank(args: argparse.Namespace) -> int:
                     await banks.create(bank, BankRole(args.role))
                 added = await banks.add(found)
                 print(f"{bank}: {added} of {len(found)} imported")
+                await _audit(banks, "bank import", f"{bank}: {added} of {len(found)} imported")
             return 0
     elif op == "export":
         async def work(banks: Banks) -> int:

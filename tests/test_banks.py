@@ -288,3 +288,9 @@ def test_cli_hash_and_banks(tmp_path: Path) -> None:
     assert r.returncode == 0 and "1 removed" in r.stdout
     r = cli("bank", "remove", "own", config=config)
     assert r.returncode == 2 and "cannot be removed" in r.stderr
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "audit.sqlite3") as db:
+        log = db.execute("SELECT action, detail FROM moderation ORDER BY id").fetchall()
+    assert log == [("bank add", "shared: 3 added"), ("bank import", "copy: 1 of 1 imported"),
+                   ("bank remove", "shared: 1 removed")]
