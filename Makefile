@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python bench/bench_classifier.py --model ViT-B-32
 	$(BIN)/python bench/bench_validate.py --model ViT-B-32 --requests 48
 	$(BIN)/python bench/bench_detectors.py
+	$(BIN)/python bench/bench_banks.py
 	$(BIN)/python bench/bench_validate.py --config config/cpu.yaml --requests 96
 	$(BIN)/python bench/false_positives.py
 	$(BIN)/python bench/bench_sweep.py --files 1000

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from classifier import Classifier, Scorer
 
+from .banks import Banks
 from .config import Config
 from .fetch import Fetcher
 from .metrics import Metrics
@@ -32,10 +33,12 @@ class Services:
     store: VerdictCache
     pipeline: Pipeline
     fetcher: Fetcher | None
+    banks: Banks
 
     async def start(self) -> None:
-        """Open the store (warming the verdict cache), start the fetcher, begin loading the models."""
+        """Open the store (warming the verdict cache) and the hash banks, start the fetcher, begin loading the models."""
         warmed = await self.store.open()
+        await self.banks.open()
         if warmed:
             log.info("verdict cache warmed with %d recent verdicts from %s", warmed, self.config.server.audit_db)
         if self.fetcher is not None:
@@ -68,8 +71,9 @@ def build_services(config: Config, *, persistent: bool = True, fetch: bool = Tru
         backing = SqliteStore(config.server.audit_db, on_drop=metrics.audit_dropped.inc)
     store = VerdictCache(backing, size=config.server.cache_size, ttl_s=config.server.cache_ttl_s)
     fetcher = Fetcher(config.fetch) if fetch else None
-    pipeline = Pipeline(config, scorer, store, metrics, fetcher)
-    return Services(config, metrics, scorer, store, pipeline, fetcher)
+    banks = Banks(backing, on_allow_change=store.invalidate)
+    pipeline = Pipeline(config, scorer, store, metrics, fetcher, banks=banks)
+    return Services(config, metrics, scorer, store, pipeline, fetcher, banks)
 
 
 SERVICES = web.AppKey("services", Services)

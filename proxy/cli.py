@@ -1,4 +1,4 @@
-"""The ``fedi-filter`` command line: serve, egress, check-config, scan, sweep."""
+"""The ``fedi-filter`` command line: serve, egress, check-config, scan, sweep, hash, bank."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import sweep
+from . import bankcli, sweep
 from .app import build_services
 from .config import ConfigError, load_config
 from .egress import serve_egress
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sweep.add_parser(sub)
     p.set_defaults(func=lambda a: asyncio.run(sweep.command(a)))
+    bankcli.add_parsers(sub)
 
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)

@@ -216,7 +216,8 @@ def _hash_file(base: Path, name: str, path: str) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class HashListConfig:
-    hashes: tuple[str, ...] = option((), "kind:value entries (sha256:<hex>, md5:<hex>; bare hex is read as sha256/md5)")
+    hashes: tuple[str, ...] = option((), "kind:value entries (sha256:<hex>, md5:<hex>, pdq:<64 hex>; bare hex is read "
+                                     "as sha256/md5)")
     files: tuple[str, ...] = option((), "files with one hash per line (# comments), relative to the config file")
 
     @classmethod
@@ -356,6 +357,8 @@ def _rules(concepts: Mapping[str, ConceptConfig], labels: Mapping[str, LabelConf
               for name, label in labels.items()),
         tuple(Adjustment(a.when.ref, a.when.above, dict(a.add)) for a in adjustments),
     )
+def _pdq_distance(value: int) -> str | None:
+    return None if 0 <= value <= 128 else f"expected a Hamming distance from 0 to 128, got {value}"
 
 
 def _reject_status(value: int) -> str | None:
@@ -380,8 +383,11 @@ class Policy:
     reject_status: int = option(406, "HTTP status of a refusal on /api/v1/validate", check=_reject_status)
     quarantine_dir: str | None = option(None, "where quarantined copies are kept (required by a quarantine action)")
     limits: MediaLimits = option(factory=MediaLimits, doc="bounds on decoding untrusted media")
-    allow: HashList = option(factory=HashList, doc="exact hashes always accepted (fixed false positives)", parse=_hash_list)
-    deny: HashList = option(factory=HashList, doc="exact hashes always refused", parse=_hash_list)
+    allow: HashList = option(factory=HashList, doc="hashes always accepted (fixed false positives); beats the own bank",
+                             parse=_hash_list)
+    deny: HashList = option(factory=HashList, doc="hashes always refused; beats everything", parse=_hash_list)
+    pdq_distance: int = option(31, "PDQ entries match frames within this Hamming distance (ThreatExchange's 31); "
+                               "only hashes of quality >= 50 are matched", check=_pdq_distance)
     name: str = option("", internal=True)
     rules: Rules = option(factory=lambda: Rules((), ()), internal=True)
 

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .config import MediaLimits
+from .hashing import PdqHash
 from .verdict import InvalidKind
 
 import pillow_heif  # HEIC/HEIF (iPhone photos); AVIF is Pillow's own
@@ -213,6 +214,8 @@ class Decoded:
     views: list[str] = field(default_factory=list)
     """What each frame is, for logs and tests: ``frame 3``, ``frame 3 tile 2/9``, ``... on light``,
     ``stream 1 at 12.0s``, ``svg image 1: ...``."""
+    pdq: tuple[PdqHash, ...] = ()
+    """PDQ hashes of the whole views (set by the pipeline's decode worker: :func:`proxy.hashing.pdq_frames`)."""
 
 
 class _Collector:

@@ -1,7 +1,10 @@
 """The one verdict pipeline every interception point calls.
 
-identify (sha256, cache) -> lists (deny, allow) -> decode (bounded) -> classify (a :class:`Scorer`) ->
-decide (policy) -> record (store, metrics). Nothing is waved through silently: media that cannot be judged
+identify (sha256) -> exact lists and banks (deny, allow) -> cache -> decode (bounded; PDQ of every frame in
+the decode worker) -> PDQ lists and banks (deny, allow), then known banks (the own bank) -> classify (a
+:class:`Scorer`) -> decide (policy) -> record (store, metrics; a classifier refusal also goes to the own
+bank). Precedence (:mod:`proxy.banks`): deny > allow > known banks > classifier.
+Nothing is waved through silently: media that cannot be judged
 gets the policy's fallback for the reason (:meth:`proxy.config.Policy.fallback`): ``on_invalid`` or
 ``on_unsupported`` for hostile or undecodable bytes, ``on_error`` for our own failure (scorer not ready,
 overload, timeout); every fail-open is logged and counted.
@@ -22,11 +25,14 @@ from collections.abc import Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
+from PIL import Image
+
 from classifier import ClassifierNotReady, Overloaded, Scorer, Signal
 
 from .config import Config, Instance, Policy
 from .fetch import Fetcher, FetchError
-from .hashing import HASH_KINDS
+from .banks import BankRole, Banks
+from .hashing import HASH_KINDS, pdq_frames
 from .media import Decoded, MediaError, decode, sniff
 from .metrics import Metrics
 from .stores import AuditRow, DeniedUrl, VerdictCache
@@ -51,8 +57,10 @@ def _group_scores(scores: Mapping[Signal, float]) -> dict[str, dict[str, float]]
 
 class Pipeline:
     def __init__(self, config: Config, scorer: Scorer, store: VerdictCache, metrics: Metrics,
-                 fetcher: Fetcher | None = None, *, decode_pool: Executor | None = None) -> None:
+                 fetcher: Fetcher | None = None, *, decode_pool: Executor | None = None,
+                 banks: Banks | None = None) -> None:
         self.config = config
+        self.banks = banks if banks is not None else Banks(None)
         self.scorer = scorer
         self.store = store
         self.metrics = metrics
@@ -91,7 +99,8 @@ class Pipeline:
         """Judge one media body for one instance. Never raises for bad media or scorer trouble."""
         started = time.perf_counter()
         policy = instance.policy
-        kinds = frozenset({"sha256"}) | policy.deny.kinds | policy.allow.kinds
+        await self.banks.maybe_reload()
+        kinds = frozenset({"sha256"}) | policy.deny.exact_kinds | policy.allow.exact_kinds | self.banks.exact_kinds
         loop = asyncio.get_running_loop()
         if len(data) > HASH_INLINE_BYTES:
             digests = await loop.run_in_executor(self._pool, _digests, data, kinds)
@@ -107,14 +116,9 @@ class Pipeline:
     async def _outcome(self, data: bytes, digests: dict[str, str], policy: Policy, source: str,
                        started: float) -> Outcome:
         sha256 = digests["sha256"]
-        deny = policy.deny.match(digests)
-        if deny:
-            self.metrics.list_hits.labels("deny").inc()
-            return Outcome(Action.REJECT, DecidedBy.DENYLIST, labels=("denylist",), detail=deny)
-        allow = policy.allow.match(digests)
-        if allow:
-            self.metrics.list_hits.labels("allow").inc()
-            return Outcome(Action.ACCEPT, DecidedBy.ALLOWLIST, detail=allow)
+        listed = self._listed(policy, digests, None)
+        if listed is not None:
+            return listed
         cached = await self.store.verdict(sha256, policy.name)
         if cached is not None:
             self.metrics.cache_hits.inc()
@@ -130,7 +134,7 @@ class Pipeline:
                 return Outcome(outcome.action, DecidedBy.CACHE, labels=outcome.labels, scores=outcome.scores,
                                mime=outcome.mime, frames=outcome.frames)
             return outcome
-        task = asyncio.get_running_loop().create_task(self._decide(data, policy, sha256, source, started))
+        task = asyncio.get_running_loop().create_task(self._decide(data, policy, digests, source, started))
         self._inflight[key] = task
         task.add_done_callback(lambda _: self._inflight.pop(key, None))
         outcome = await asyncio.shield(task)
@@ -138,14 +142,19 @@ class Pipeline:
             self.store.remember(sha256, policy.name, outcome)
         return outcome
 
-    async def _decode(self, data: bytes, policy: Policy, started: float) -> Decoded:
-        """Decode in the worker pool. The media's own budget starts when a worker starts decoding; waiting
-        for a worker is bounded by what is left of the policy's budget and raises TimeoutError."""
+    async def _decode(self, data: bytes, policy: Policy, started: float,
+                      digests: Mapping[str, str]) -> tuple[Decoded, Outcome | None]:
+        """Decode in the worker pool, then (in the same worker) hash every frame with PDQ and match the PDQ
+        lists and banks: the media and what the lists say of it. The media's own budget starts when a
+        worker starts decoding; waiting for a worker is bounded by what is left of the policy's budget and
+        raises TimeoutError."""
         began: list[float] = []
 
-        def run() -> Decoded:
+        def run() -> tuple[Decoded, Outcome | None]:
             began.append(time.monotonic())
-            return decode(data, policy.limits)
+            decoded = decode(data, policy.limits)
+            decoded.pdq = pdq_frames(decoded.frames, decoded.views)
+            return decoded, self._listed(policy, digests, decoded)
 
         remaining = policy.timeout_ms / 1000 - (time.perf_counter() - started)
         future = asyncio.get_running_loop().run_in_executor(self._pool, run)
@@ -158,10 +167,43 @@ class Pipeline:
                 raise MediaError("timeout", "decoding took too long") from None
             raise _DecodeWait(decoding_s is not None) from None
 
-    async def _decide(self, data: bytes, policy: Policy, sha256: str, source: str, started: float) -> Outcome:
-        """Decode and classify. Never raises."""
+    def _listed(self, policy: Policy, digests: Mapping[str, str], decoded: Decoded | None) -> Outcome | None:
+        """Hash lists and banks: before decoding (``decoded`` None) the exact deny and allow entries; after
+        it the PDQ deny and allow entries, then the known banks (exact or PDQ). None: the classifier decides."""
+        index = self.banks.index
+        frames = decoded.pdq if decoded is not None else ()
+        mime = decoded.mime if decoded is not None else None
+        for refuse, listing, role in ((True, policy.deny, BankRole.DENY), (False, policy.allow, BankRole.ALLOW)):
+            hit = listing.match(digests) if decoded is None else listing.match_pdq(frames, policy.pdq_distance)
+            if hit:
+                self.metrics.list_hits.labels(str(role)).inc()
+                if refuse:
+                    return Outcome(Action.REJECT, DecidedBy.DENYLIST, labels=("denylist",), detail=hit, mime=mime)
+                return Outcome(Action.ACCEPT, DecidedBy.ALLOWLIST, detail=hit, mime=mime)
+            bank = index.match_exact(role, digests) if decoded is None else index.match_pdq(role, frames, policy.pdq_distance)
+            if bank is not None:
+                self.metrics.list_hits.labels(f"bank:{bank.bank}").inc()
+                action = Action.REJECT if refuse else Action.ACCEPT
+                return Outcome(action, DecidedBy.BANK, labels=bank.labels if refuse else (), detail=bank.detail, mime=mime)
+        if decoded is None:
+            return None
+        bank = (index.match_exact(BankRole.KNOWN, digests)
+                or index.match_pdq(BankRole.KNOWN, frames, policy.pdq_distance))
+        if bank is None:
+            return None
+        # a refused file's labels come with it: the policy's action for them, unless it now accepts them all
+        action = policy.action_for(set(bank.labels)) if bank.labels else Action.REJECT
+        if action is Action.ACCEPT:
+            return None
+        self.metrics.list_hits.labels(f"bank:{bank.bank}").inc()
+        return Outcome(action, DecidedBy.BANK, labels=bank.labels, detail=bank.detail, mime=mime)
+
+    async def _decide(self, data: bytes, policy: Policy, digests: Mapping[str, str], source: str,
+                      started: float) -> Outcome:
+        """Decode, match PDQ lists and banks, classify. Never raises."""
+        sha256 = digests["sha256"]
         try:
-            decoded = await self._decode(data, policy, started)
+            decoded, listed = await self._decode(data, policy, started, digests)
         except MediaError as exc:
             return self._invalid(policy, exc.kind, str(exc), sha256, source)
         except _DecodeWait as exc:
@@ -172,6 +214,8 @@ class Pipeline:
             return self._fallback(policy, ErrorKind.OVERLOADED,
                                   f"no decode worker free within {policy.timeout_ms} ms", sha256, source)
 
+        if listed is not None:
+            return listed
         sources = policy.rules.sources()
         if not sources:
             return Outcome(Action.ACCEPT, DecidedBy.NO_RULES, mime=decoded.mime)
@@ -194,13 +238,26 @@ class Pipeline:
 
         labels: set[str] = set()
         worst: dict[Signal, float] = {}
-        for scores in frame_scores:
+        refusing: list[int] = []
+        for i, scores in enumerate(frame_scores):
             result = policy.rules.evaluate(scores)
             labels |= result.labels
+            if policy.action_for(result.labels) is not Action.ACCEPT:
+                refusing.append(i)
             for sig, value in result.scores.items():
                 worst[sig] = max(value, worst.get(sig, float("-inf")))
-        return Outcome(policy.action_for(labels), DecidedBy.MODEL, labels=tuple(sorted(labels)),
-                       scores=_group_scores(worst), mime=decoded.mime, frames=len(decoded.frames))
+        outcome = Outcome(policy.action_for(labels), DecidedBy.MODEL, labels=tuple(sorted(labels)),
+                          scores=_group_scores(worst), mime=decoded.mime, frames=len(decoded.frames))
+        if outcome.action is not Action.ACCEPT and outcome.decided_by.learns:
+            try:
+                # only the pictures that were refused: the clean frames of an animation with one flagged
+                # frame must not teach the bank to refuse those clean pictures elsewhere
+                frames, views = _refused_views(decoded, refusing)
+                learned = await asyncio.get_running_loop().run_in_executor(self._pool, pdq_frames, frames, views)
+                await self.banks.learn(sha256, learned, outcome.labels)
+            except Exception:  # the verdict stands; only the bank entry is lost
+                log.exception("could not add %s to the own bank", sha256[:12])
+        return outcome
 
     async def url_denial(self, url: str) -> str | None:
         """Why ``url`` must not be fetched or stored (denied by an inbox strip or a flagged fetch), or None."""
@@ -286,6 +343,14 @@ class Pipeline:
                 latency_ms=round(v.latency_ms, 2), detail=v.detail, url=url,
             )
         )
+
+
+def _refused_views(decoded: Decoded, refusing: list[int]) -> tuple[list[Image.Image], list[str]]:
+    """The whole views behind the refused ones: a refused tile stands for the frame it was cut from."""
+    views = decoded.views or [str(i) for i in range(len(decoded.frames))]
+    wanted = {views[i].split(" tile ", 1)[0] for i in refusing if i < len(views)}
+    picked = [i for i, v in enumerate(views) if v in wanted]
+    return [decoded.frames[i] for i in picked], [views[i] for i in picked]
 
 
 class _DecodeWait(Exception):

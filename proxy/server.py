@@ -1,7 +1,7 @@
 """`fedi-filter serve`: one aiohttp app on one port. Hosts that an instance claims are reverse-proxied to
 it (uploads, URL ingestion and inboxes intercepted, everything else streamed); any other host reaches
 the API: validation (pict-rs external_validation), scan, the backends' own moderation APIs (Misskey's
-detector, NsfwApiPolicy: :mod:`proxy.native`), health, metrics."""
+detector, NsfwApiPolicy: :mod:`proxy.native`), health, metrics, the review page (:mod:`proxy.review`)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from .content import Unreadable, decode_content
 from .intercept import RETRY_AFTER_S, ROUTE_LABEL, BodyTooLarge, Context, handle, read_body
 from .native import add_native_routes
 from .passthrough import Forwarder
+from .review import add_review_routes
 from .verdict import Verdict
 
 log = logging.getLogger(__name__)
@@ -160,4 +161,5 @@ def build_app(config: Config, services: Services | None = None) -> web.Applicati
     app.router.add_post("/api/v1/scan/{pictrs_id}", pictrs_safety_scan)
     add_native_routes(app)
     add_health_routes(app)
+    add_review_routes(app)
     return app

@@ -3,7 +3,9 @@
 - :class:`Action`: what happens to the media (accept, reject, strip, drop, quarantine), with severity.
 - :class:`Fallback`: the two answers a policy may give when no judgement is possible (``on_error``,
   ``on_invalid``, ``on_unsupported``): accept (fail open, counted) or reject (fail closed).
-- :class:`DecidedBy`: how a verdict was reached; says whether it is a judgement of the content itself.
+- :class:`DecidedBy`: how a verdict was reached; says whether it is a judgement of the content itself and
+  whether it is remembered for these bytes (only a model's verdict is cached; a hash bank hit is not,
+  since a bank may change).
 - Problem kinds, each naming the policy key whose fallback applies:
   :class:`ErrorKind` (our failure: not ready, overloaded, timeout, internal; retryable or not),
   :class:`InvalidKind` (hostile or undecodable bytes), :class:`FetchErrorKind` (a URL we could not fetch).
@@ -67,12 +69,20 @@ class DecidedBy(StrEnum):
     DENIED_URL = "denied_url"
     FETCH = "fetch"
     NOT_MEDIA = "not_media"
+    BANK = "bank"
+    """A hash bank matched (``detail`` names the bank and entry): exactly, or a PDQ within pdq_distance."""
 
     @property
     def judged_content(self) -> bool:
-        """The verdict is about these very bytes (a model, a cached model verdict, an exact list hit): it
+        """The verdict is about these very bytes (a model, a cached model verdict, a list or bank hit): it
         may be cached by URL, and a refusal denies the URL downstream."""
-        return self in (DecidedBy.MODEL, DecidedBy.CACHE, DecidedBy.ALLOWLIST, DecidedBy.DENYLIST)
+        return self in (DecidedBy.MODEL, DecidedBy.CACHE, DecidedBy.ALLOWLIST, DecidedBy.DENYLIST, DecidedBy.BANK)
+
+    @property
+    def learns(self) -> bool:
+        """A refusal decided this way puts the file's hashes into the instance's ``own`` bank: only a
+        classifier label does (never on_error, on_invalid, on_unsupported or overload, nor a bank hit)."""
+        return self is DecidedBy.MODEL
 
 
 class ErrorKind(StrEnum):

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the test-only multipart parsers that tests/test_multipart_differential.py compares ours against:
 # Ruby Rack, Go's mime/multipart, PHP, and (npm) busboy; Node's own Request.formData() needs only node.
+# Also Debian's chromium, which Playwright drives for the review page tests (tests/test_review.py):
+# `playwright install` downloads its own browsers, which fails offline, so the system's is used.
 # Idempotent and quick when all is installed. Never fails the build: a registry that cannot be reached is
 # reported and skipped, and the differential tests then skip that parser with a reason.
 set -u
@@ -13,6 +15,7 @@ command -v ruby >/dev/null && ruby -e 'require "rack"' 2>/dev/null || apt_packag
 command -v go >/dev/null || apt_packages+=(golang-go)
 command -v php >/dev/null || apt_packages+=(php-cli)
 command -v node >/dev/null || apt_packages+=(nodejs npm)
+[ -x /usr/bin/chromium ] || apt_packages+=(chromium)
 
 if [ ${#apt_packages[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null; then
@@ -46,6 +49,13 @@ if command -v go >/dev/null; then
         || note "go build of tests/parsers/go failed; the go tests will say why"
 fi
 
+# playwright is a test dependency in pyproject.toml; install it here too for a venv made before it was
+if [ -x .venv/bin/python ] && ! .venv/bin/python -c "import playwright" 2>/dev/null; then
+    .venv/bin/python -m pip install -q "playwright>=1.45" >/dev/null 2>&1 \
+        || note "pip install playwright failed; the review page's browser test will skip"
+fi
+
+[ -x /usr/bin/chromium ] && note "chromium: /usr/bin/chromium" || note "chromium: missing (the browser test will skip)"
 for tool in ruby go php node; do
     command -v "$tool" >/dev/null && note "$tool: $(command -v "$tool")" || note "$tool: missing"
 done

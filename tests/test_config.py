@@ -195,7 +195,7 @@ def test_reference_config_lists_every_key_with_its_default() -> None:
     assert pol.limits == c.MediaLimits()
     for f in dataclasses.fields(c.Policy):
         if f.name in ("inbox", "on_error", "on_invalid", "on_unsupported", "prefetch", "inbox_timeout_ms", "timeout_ms",
-                      "reject_status", "quarantine_dir"):
+                      "reject_status", "quarantine_dir", "pdq_distance"):
             assert getattr(pol, f.name) == default_of(f), f.name
     assert set(raw["instances"][0]) == _schema_keys(c.Instance)
 

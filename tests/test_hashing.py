@@ -43,3 +43,26 @@ def test_match_by_either_digest() -> None:
     assert hl.match({"sha256": "0" * 64, "md5": "0" * 32}) is None
     assert hl.match({"sha256": "0" * 64}) is None  # md5 entries need the md5 digest
     assert len(hl) == 2
+
+
+def test_pdq_kind_parses_and_measures_distance() -> None:
+    kind = HASH_KINDS["pdq"]
+    assert not kind.exact
+    assert parse_hash("PDQ:" + "F" * 64) == ("pdq", "f" * 64)
+    with pytest.raises(ValueError, match="is not a valid pdq hash"):
+        parse_hash("pdq:" + "f" * 63)
+    a, b = "f" * 64, "f" * 62 + "00"
+    assert kind.matches(a, b) and not kind.matches(a, "0" * 64)
+    assert HashList.of([("pdq", a)]).exact_kinds == frozenset()
+
+
+def test_pdq_index_finds_the_nearest_usable_hash() -> None:
+    from proxy.hashing import PdqHash, PdqIndex, pdq_of
+    from tests.support.photos import photo_image
+
+    coffee, rocket = pdq_of(photo_image("coffee")), pdq_of(photo_image("rocket"))
+    index = PdqIndex([rocket.value, coffee.value])
+    found = index.nearest([PdqHash(coffee.value, 100)])
+    assert found is not None and found.index == 1 and found.distance == 0
+    assert index.nearest([PdqHash(coffee.value, 49)]) is None
+    assert index.nearest([PdqHash("0" * 64, 100)], max_distance=31) is None

@@ -1,7 +1,9 @@
 """Verdict stores: the :class:`VerdictStore` seam, SQLite behind it, an in-memory cache in front."""
 
+from .banks import BankEntry, BankInfo, DecisionQuery, ModerationRow
 from .base import AuditRow, DeniedUrl, StoredVerdict, SweepMark, VerdictStore
 from .memory import VerdictCache
 from .sqlite import SqliteStore
 
-__all__ = ["AuditRow", "DeniedUrl", "SqliteStore", "StoredVerdict", "SweepMark", "VerdictCache", "VerdictStore"]
+__all__ = ["AuditRow", "BankEntry", "BankInfo", "DecisionQuery", "DeniedUrl", "ModerationRow",
+           "SqliteStore", "StoredVerdict", "SweepMark", "VerdictCache", "VerdictStore"]

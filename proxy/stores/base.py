@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..verdict import Action, DecidedBy, Outcome
+from .banks import BankStore
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,9 @@ class SweepMark:
                 self.ts)
 
 
-class VerdictStore(ABC):
-    """Shared state of every process that judges for the same instances."""
+class VerdictStore(BankStore, ABC):
+    """Shared state of every process that judges for the same instances (hash banks and the review page's
+    queries: :class:`~proxy.stores.banks.BankStore`)."""
 
     @abstractmethod
     async def open(self) -> None: ...

@@ -8,6 +8,7 @@ store (without one, a sweep keeps no progress).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from cachetools import TTLCache
@@ -24,6 +25,7 @@ class VerdictCache:
         self._verdicts: TTLCache[tuple[str, str], Outcome] = TTLCache(maxsize=size, ttl=ttl_s)
         self._urls: TTLCache[tuple[str, str], Outcome] = TTLCache(maxsize=size, ttl=ttl_s)
         self._denials: TTLCache[str, str] = TTLCache(maxsize=size, ttl=ttl_s)
+        self._not_before = 0.0
 
     async def open(self) -> int:
         """Open the store and warm the cache with its recent model verdicts; how many were loaded."""
@@ -47,7 +49,7 @@ class VerdictCache:
         """A model verdict for these bytes under this policy, from memory or from the store."""
         found = self._verdicts.get((sha256, policy))
         if found is None and self.store is not None:
-            row = await self.store.model_verdict(sha256, policy, self.ttl_s)
+            row = await self.store.model_verdict(sha256, policy, min(self.ttl_s, time.time() - self._not_before))
             if row is not None:
                 found = self._verdicts[(sha256, policy)] = row.outcome()
         return found
@@ -58,6 +60,13 @@ class VerdictCache:
 
     def forget(self, sha256: str, policy: str) -> None:
         self._verdicts.pop((sha256, policy), None)
+
+    def invalidate(self) -> None:
+        """Forget every model verdict so far, here and in the store (an allow entry was added: a verdict
+        cached for a near copy of it must not answer before the allow bank is asked)."""
+        self._verdicts.clear()
+        self._urls.clear()
+        self._not_before = time.time()
 
     def url_verdict(self, url: str, policy: str) -> Outcome | None:
         return self._urls.get((url, policy))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import AuditRow, DeniedUrl, StoredVerdict, SweepMark, VerdictStore
+from .sqlite_banks import BANK_SCHEMA, SqliteBanks
 import contextlib
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ SWEPT_LOOKUP_BATCH = 500
 COLUMNS = ("ts", "sha256", "source", "instance", "policy", "action", "decided_by", "labels", "scores", "latency_ms", "detail", "url")
 
 
-class SqliteStore(VerdictStore):
+class SqliteStore(SqliteBanks, VerdictStore):
     def __init__(self, path: str, *, max_pending: int = 10_000, on_drop: Callable[[], None] | None = None) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
@@ -83,6 +84,7 @@ class SqliteStore(VerdictStore):
         conn = sqlite3.connect(self.path, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(SCHEMA)
+        conn.executescript(BANK_SCHEMA)
         self._conn = conn
 
     async def open(self) -> None:
