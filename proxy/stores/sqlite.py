@@ -49,7 +49,10 @@ CREATE TABLE IF NOT EXISTS denied_urls (
 );
 """
 
-COLUMNS = ("ts", "sha256", "source", "instance", "policy", "action", "decided_by", "labels", "scores", "latency_ms", "detail", "url")
+COLUMNS = ("ts", "sha256", "source", "instance", "policy", "action", "decided_by", "labels", "scores", "latency_ms", "detail", "url",
+           "worker")
+ADDED_COLUMNS = {"decisions": (("worker", "TEXT"),)}
+"""Columns added after a table first shipped: added to an existing database on open."""
 
 
 class SqliteStore(VerdictStore):
@@ -67,6 +70,11 @@ class SqliteStore(VerdictStore):
         conn = sqlite3.connect(self.path, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(SCHEMA)
+        for table, columns in ADDED_COLUMNS.items():
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
         self._conn = conn
 
     async def open(self) -> None:
