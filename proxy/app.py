@@ -14,12 +14,14 @@ from typing import Any
 from aiohttp import web
 
 from classifier import Classifier, Scorer
+from classifier.remote import Requirements, WorkerPool
 
 from .config import Config
 from .fetch import Fetcher
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .stores import SqliteStore, VerdictCache
+from .workers import WorkerHub, add_worker_route
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ class Services:
     store: VerdictCache
     pipeline: Pipeline
     fetcher: Fetcher | None
+    hub: WorkerHub | None = None
 
     async def start(self) -> None:
         """Open the store (warming the verdict cache), start the fetcher, begin loading the models."""
@@ -43,6 +46,8 @@ class Services:
         await self.scorer.start()
 
     async def close(self) -> None:
+        if self.hub is not None:
+            await self.hub.close()
         if self.fetcher is not None:
             await self.fetcher.close()
         await self.scorer.close()
@@ -50,10 +55,22 @@ class Services:
         await self.store.close()
 
 
-def build_scorer(config: Config, metrics: Metrics) -> Scorer:
+def build_classifier(config: Config, metrics: Metrics | None) -> Classifier:
     """The in-process classifier for every signal the config's policies read."""
     signals = set().union(*(p.rules.signals() for p in config.policies.values()))
-    return Classifier(config.classifier, signals, on_batch=metrics.on_batch)
+    return Classifier(config.classifier, signals, on_batch=metrics.on_batch if metrics is not None else None)
+
+
+def build_scorer(config: Config, metrics: Metrics) -> Scorer:
+    """The classifier alone, or (with a ``workers:`` section) a pool of remote workers and, when
+    ``workers.local``, the classifier as one of them."""
+    if not config.workers.enabled:
+        return build_classifier(config, metrics)
+    signals = set().union(*(p.rules.signals() for p in config.policies.values()))
+    local = build_classifier(config, metrics) if config.workers.local else None
+    requirements = Requirements(signals, config.classifier.model, config.workers.fingerprints)
+    return WorkerPool(local, requirements, encoding=str(config.workers.encoding), max_batch=config.classifier.max_batch,
+                      max_queue=config.classifier.max_queue)
 
 
 def build_services(config: Config, *, persistent: bool = True, fetch: bool = True) -> Services:
@@ -69,7 +86,8 @@ def build_services(config: Config, *, persistent: bool = True, fetch: bool = Tru
     store = VerdictCache(backing, size=config.server.cache_size, ttl_s=config.server.cache_ttl_s)
     fetcher = Fetcher(config.fetch) if fetch else None
     pipeline = Pipeline(config, scorer, store, metrics, fetcher)
-    return Services(config, metrics, scorer, store, pipeline, fetcher)
+    hub = WorkerHub(scorer, config.workers, metrics) if isinstance(scorer, WorkerPool) else None
+    return Services(config, metrics, scorer, store, pipeline, fetcher, hub)
 
 
 SERVICES = web.AppKey("services", Services)
@@ -95,5 +113,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def add_health_routes(app: web.Application) -> None:
+    """/healthz, /metrics and the remote workers' websocket (``/api/v1/workers``)."""
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    add_worker_route(app, lambda request: request.app[SERVICES].hub)
