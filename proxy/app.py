@@ -20,7 +20,7 @@ from .config import Config
 from .fetch import Fetcher
 from .metrics import Metrics
 from .pipeline import Pipeline
-from .stores import SqliteStore, VerdictCache
+from .stores import SqliteStore, VerdictCache, VerdictStore
 from .workers import WorkerHub, add_worker_route
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ class Services:
         """Open the store (warming the verdict cache), start the fetcher, begin loading the models."""
         warmed = await self.store.open()
         if warmed:
-            log.info("verdict cache warmed with %d recent verdicts from %s", warmed, self.config.server.audit_db)
+            log.info("verdict cache warmed with %d recent verdicts from %s", warmed,
+                     "postgres" if self.config.store else self.config.server.audit_db)
         if self.fetcher is not None:
             await self.fetcher.start()
         await self.scorer.start()
@@ -80,8 +81,12 @@ def build_services(config: Config, *, persistent: bool = True, fetch: bool = Tru
     scorer = build_scorer(config, metrics)
     metrics.classifier_ready.set_function(lambda: 1.0 if scorer.ready else 0.0)
     metrics.watch_queues(scorer.queue_depths)
-    backing = None
-    if persistent and config.server.audit_db:
+    backing: VerdictStore | None = None
+    if persistent and config.store:
+        from .stores.postgres import PostgresStore
+
+        backing = PostgresStore(config.store, on_drop=metrics.audit_dropped.inc)
+    elif persistent and config.server.audit_db:
         backing = SqliteStore(config.server.audit_db, on_drop=metrics.audit_dropped.inc)
     store = VerdictCache(backing, size=config.server.cache_size, ttl_s=config.server.cache_ttl_s)
     fetcher = Fetcher(config.fetch) if fetch else None
