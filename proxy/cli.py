@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from .app import SERVICES, build_services
 from .config import ConfigError, load_config
 from .egress import serve_egress
 from .server import build_app
-from .workers import reload_workers, run_worker, socket_url
+from .workers import reload_on_sighup, run_worker, socket_url
 import contextlib
 
 
@@ -34,19 +33,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "serving %d instance(s) from %s on %s:%d", len(config.instances), config.source, config.server.host, config.server.port
     )
     app = build_app(config)
-    app.on_startup.append(lambda a: _reload_on_sighup(a, args.config))
+    app.on_startup.append(_reload_on_sighup)
     web.run_app(app, host=config.server.host, port=config.server.port, print=None)
     return 0
 
 
-async def _reload_on_sighup(app: web.Application, path: str | None) -> None:
-    """SIGHUP re-reads the config: worker tokens change (revoked ones disconnect) without a restart."""
-    services = app[SERVICES]
-
-    def reload() -> None:
-        services.config = reload_workers(services.hub, services.config, path)
-
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+async def _reload_on_sighup(app: web.Application) -> None:
+    reload_on_sighup(app[SERVICES])
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -213,6 +213,18 @@ def reload_workers(hub: WorkerHub | None, current: Config, path: str | None) -> 
     return replace(current, workers=new.workers)
 
 
+def reload_on_sighup(services: Any) -> None:
+    """SIGHUP re-reads ``services.config.source``: worker tokens change (revoked ones disconnect) at once."""
+
+    def reload() -> None:
+        services.config = reload_workers(services.hub, services.config, services.config.source)
+
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+    except (RuntimeError, ValueError) as exc:  # not the main thread (an embedding test harness)
+        log.info("no config reload on SIGHUP here: %s", exc)
+
+
 # --- the worker process -------------------------------------------------------------------------------
 
 

@@ -305,3 +305,50 @@ def test_frames_cross_the_wire_losslessly() -> None:
                                (meta, blob + b"x"), ([[3, 2, "gif", 18]], blob[:18]), (meta * 10, blob)):
         with pytest.raises(ProtocolError):
             decode_frames(bad_meta, bad_blob, 8)
+
+
+@pytest.mark.slow
+async def test_worker_verifies_tls_with_a_private_ca(aiohttp_server: Any, tmp_path: Path, procs: list[Proc]) -> None:
+    """Over https the worker verifies the proxy's certificate: refused without the private CA, scoring with
+    --ca. (serve runs in this process on TLS here; nginx terminates TLS in front of a real one.)"""
+    import asyncio
+    import ssl
+
+    import trustme
+
+    from proxy.app import SERVICES
+    from proxy.config import parse_config
+    from proxy.server import build_app
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    raw = config_dict(FACES)
+    raw["workers"] = {"tokens": [TOKENS[0]], "local": False}
+    app = build_app(parse_config(raw))
+    server = await aiohttp_server(app, ssl=server_ctx)
+    cfg = tmp_path / "worker.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    url = f"https://127.0.0.1:{server.port}"
+
+    async def wait(what: str, check: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not check():
+            assert time.monotonic() < deadline, f"gave up waiting for {what}"
+            await asyncio.sleep(0.2)
+
+    untrusting = Proc("worker", "--connect", url, "--token", TOKENS[0], "--config", str(cfg), "--name", "no-ca")
+    procs.append(untrusting)
+    await wait("the certificate refusal", lambda: "CERTIFICATE_VERIFY_FAILED" in untrusting.log())
+    pool = app[SERVICES].scorer
+    assert not pool.ready
+
+    trusting = Proc("worker", "--connect", url, "--token", TOKENS[0], "--config", str(cfg), "--name", "with-ca",
+                    "--ca", str(ca_file))
+    procs.append(trusting)
+    await wait("the worker over TLS", lambda: pool.ready)
+    verdict = await app[SERVICES].pipeline.judge(photo("astronaut"), app[SERVICES].config.instances[0], "validate")
+    assert verdict.action == "reject" and verdict.worker == "with-ca"
