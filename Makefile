@@ -42,6 +42,7 @@ bench: install
 	$(BIN)/python bench/false_positives.py
 	$(BIN)/python bench/bench_passthrough.py
 	$(BIN)/python bench/bench_egress.py
+	$(BIN)/python bench/bench_workers.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

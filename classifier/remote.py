@@ -402,7 +402,7 @@ class WorkerPool:
     """The :class:`Scorer` that spreads batches over peers: connected workers and, when ``local``, the
     in-process classifier (which then counts as one peer)."""
 
-    def __init__(self, local: Classifier | None, requirements: Requirements, *, encoding: str = "png",
+    def __init__(self, local: Classifier | None, requirements: Requirements, *, encoding: str = "webp",
                  max_batch: int = 32, max_queue: int = 1024) -> None:
         self.local = local
         self.requirements = requirements
@@ -524,7 +524,12 @@ class WorkerPool:
         async def wire() -> tuple[list[list[Any]], bytes]:
             nonlocal encoded
             if encoded is None:
-                encoded = asyncio.get_running_loop().run_in_executor(self._encoder, encode_frames, frames, self.encoding)
+                if self.encoding == "raw":  # a copy of the pixels: cheaper inline than a thread hop
+                    encoded = asyncio.get_running_loop().create_future()
+                    encoded.set_result(encode_frames(frames, "raw"))
+                else:
+                    encoded = asyncio.get_running_loop().run_in_executor(self._encoder, encode_frames, frames,
+                                                                         self.encoding)
             return await encoded
 
         exclude: list[Peer] = []

@@ -159,8 +159,8 @@ class WorkersConfig:
     tokens: tuple[str, ...] = option((), "one secret per remote worker (from env vars: \"${FEDI_FILTER_WORKER_TOKEN}\"); "
                                      "[] = no worker may connect", check=_token_list)
     local: bool = option(True, "this process runs the models too (counts as one worker); false: only remote workers")
-    encoding: FrameEncoding = option(FrameEncoding.PNG, "frames on the wire: raw (most bytes, no work), png, webp "
-                                     "(fewest bytes, most proxy CPU); all lossless")
+    encoding: FrameEncoding = option(FrameEncoding.WEBP, "frames on the wire, all lossless: webp (fewest bytes, ~4x less "
+                                     "than raw), png, raw (no encoding work; for a LAN)")
     heartbeat_s: float = option(10.0, "websocket ping interval; a worker silent for twice this is dropped", check=positive)
     max_message_bytes: int = option(4_194_304, "largest message a worker may send (4 MiB); larger: disconnected",
                                     check=positive)
@@ -173,7 +173,7 @@ class WorkersConfig:
 
 
 def _store_url(value: str | None) -> str | None:
-    if value is None or value.startswith(("postgresql://", "postgres://")):
+    if not value or value.startswith(("postgresql://", "postgres://")):
         return None
     return f"expected null (SQLite audit_db) or a postgresql:// URL, got {value.split(':', 1)[0]!r}:..."
 
@@ -396,7 +396,7 @@ class Config:
     native_apis: NativeApisConfig = option(factory=NativeApisConfig, doc="the backends' own moderation APIs we answer "
                                            "(Misskey detector, NsfwApiPolicy)")
     workers: WorkersConfig = option(factory=WorkersConfig, doc="remote model workers that dial in (`fedi-filter worker`)")
-    store: str | None = option(None, "null: SQLite (server.audit_db); postgresql://... : shared by replicas",
+    store: str | None = option(None, "null or \"\": SQLite (server.audit_db); postgresql://... : shared by replicas",
                                check=_store_url)
     source: str = option("<memory>", internal=True)
 

@@ -327,7 +327,11 @@ class Worker:
         self.inflight += count
         try:
             try:
-                frames = await asyncio.get_running_loop().run_in_executor(None, decode_frames, meta, blob, self.capacity)
+                if isinstance(meta, list) and all(isinstance(m, list) and m[2:3] == ["raw"] for m in meta):
+                    frames = decode_frames(meta, blob, self.capacity)  # raw pixels: no decoding to move off the loop
+                else:
+                    frames = await asyncio.get_running_loop().run_in_executor(None, decode_frames, meta, blob,
+                                                                              self.capacity)
                 scores = await self.classifier.score(frames, sources)
                 reply: dict[str, Any] = {"type": "result", "id": job, "scores": nest(scores)}
             except ProtocolError as exc:

@@ -352,3 +352,18 @@ async def test_worker_verifies_tls_with_a_private_ca(aiohttp_server: Any, tmp_pa
     await wait("the worker over TLS", lambda: pool.ready)
     verdict = await app[SERVICES].pipeline.judge(photo("astronaut"), app[SERVICES].config.instances[0], "validate")
     assert verdict.action == "reject" and verdict.worker == "with-ca"
+
+
+def test_the_vps_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.config import ConfigError, load_config
+
+    monkeypatch.setenv("FEDI_FILTER_WORKER_TOKEN", TOKENS[0])
+    monkeypatch.setenv("FEDI_FILTER_ADMIN_TOKEN", "admin")
+    cfg = load_config(ROOT / "examples" / "workers" / "vps.yaml")
+    assert cfg.workers.tokens == (TOKENS[0],) and not cfg.workers.local and cfg.workers.enabled and not cfg.store
+    monkeypatch.setenv("FEDI_FILTER_STORE", "mysql://nope")
+    with pytest.raises(ConfigError, match="store: expected null"):
+        load_config(ROOT / "examples" / "workers" / "vps.yaml")
+    monkeypatch.setenv("FEDI_FILTER_WORKER_TOKEN", "short")
+    with pytest.raises(ConfigError, match="workers.tokens: every worker token needs 16 characters"):
+        load_config(ROOT / "examples" / "workers" / "vps.yaml")
