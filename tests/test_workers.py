@@ -367,3 +367,46 @@ def test_the_vps_example_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDI_FILTER_WORKER_TOKEN", "short")
     with pytest.raises(ConfigError, match="workers.tokens: every worker token needs 16 characters"):
         load_config(ROOT / "examples" / "workers" / "vps.yaml")
+
+
+@pytest.mark.slow
+def test_a_worker_lost_mid_batch_hands_its_frames_to_another(tmp_path: Path, procs: list[Proc]) -> None:
+    """The batch goes to a worker that takes it and drops the connection: the frames are scored by the
+    other worker, and the verdict is the model's, not the fallback."""
+    import asyncio
+
+    import aiohttp
+
+    from classifier.detectors import NudeNetSource
+    from classifier.remote import source_identity
+
+    serve = Serve(tmp_path)
+    procs.append(serve.proc)
+    procs.append(serve.worker("steady", TOKENS[1]))
+    wait_for("the steady worker", lambda: serve.workers() == ["steady"])
+    status, _, _ = serve.validate(variant("coffee", 60))
+    assert status == 200  # the steady worker has been used; the next batch goes to the idler newcomer
+    identity = {"nudenet": source_identity(NudeNetSource(1))}
+    took: list[bool] = []
+
+    async def dying() -> None:
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                f"ws://127.0.0.1:{serve.port}/api/v1/workers", headers={"Authorization": f"Bearer {TOKENS[0]}"}) as ws:
+            await ws.send_json({"type": "hello", "protocol": 1, "name": "dying", "capacity": 8, "sources": identity})
+            assert (await ws.receive_json())["type"] == "welcome"
+            took.append((await ws.receive()).type is aiohttp.WSMsgType.BINARY)
+
+    thread = threading.Thread(target=lambda: asyncio.run(dying()))
+    thread.start()
+    wait_for("the second worker", lambda: sorted(serve.workers()) == ["dying", "steady"])
+    status, body, _ = serve.validate(photo("astronaut"))
+    thread.join(30)
+    assert took == [True]
+    assert status == 406 and body["decided_by"] == "model" and body["labels"] == ["portrait"]
+    assert "worker dying lost" in serve.proc.log() and "go to another worker" in serve.proc.log()
+
+    def audit() -> list[tuple[str, str]]:
+        with sqlite3.connect(serve.tmp / "audit.db") as db:
+            return list(db.execute("SELECT action, worker FROM decisions WHERE decided_by = 'model' ORDER BY id"))
+
+    assert wait_for("the audit rows", lambda: len(audit()) == 2 and audit())[1] == ("reject", "steady")
