@@ -56,6 +56,8 @@ MAX_FRAME_SIDE = 4096
 MAX_KEYS = 4096
 MAX_KEY_CHARS = 1024
 NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MAX_UNANSWERED = 3
+"""A worker that leaves this many batches in a row unanswered until their askers give up is dropped."""
 
 
 class ProtocolError(ValueError):
@@ -334,6 +336,8 @@ class RemotePeer(Peer):
         self._pending: dict[int, tuple[asyncio.Future[list[dict[Signal, float]]], int, tuple[str, ...], float]] = {}
         self.lost_reason: str | None = None
         self.rtt_s: float | None = None
+        self._abandoned = 0
+        self._closing: asyncio.Task[Any] | None = None
 
     @property
     def ready(self) -> bool:
@@ -355,6 +359,11 @@ class RemotePeer(Peer):
             return await future
         finally:
             self._pending.pop(job, None)
+            if future.cancelled():  # the asker ran out of time with this worker silent
+                self._abandoned += 1
+                if self._abandoned >= MAX_UNANSWERED and self.lost_reason is None:
+                    self.lost(f"no answer to {self._abandoned} batches in a row")
+                    self._closing = asyncio.get_running_loop().create_task(self.close())
 
     def on_message(self, raw: str) -> None:
         """A text message from the worker; raises ProtocolError (the caller disconnects the worker)."""
@@ -369,6 +378,7 @@ class RemotePeer(Peer):
         kind = msg.get("type")
         if kind == "result":
             scores = parse_scores(msg.get("scores"), count, sources)
+            self._abandoned = 0
             self.rtt_s = time.perf_counter() - sent
             if self._on_rtt is not None:
                 self._on_rtt(self.name, self.rtt_s)

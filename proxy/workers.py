@@ -156,7 +156,7 @@ class WorkerHub:
             await self.pool.remove(peer)
             if not ws.closed:
                 await ws.close()
-            log.warning("worker %s disconnected: %s", peer.name, reason)
+            log.warning("worker %s disconnected: %s", peer.name, peer.lost_reason or reason)
         return ws
 
     async def close(self) -> None:

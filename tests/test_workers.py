@@ -410,3 +410,37 @@ def test_a_worker_lost_mid_batch_hands_its_frames_to_another(tmp_path: Path, pro
             return list(db.execute("SELECT action, worker FROM decisions WHERE decided_by = 'model' ORDER BY id"))
 
     assert wait_for("the audit rows", lambda: len(audit()) == 2 and audit())[1] == ("reject", "steady")
+
+
+@pytest.mark.slow
+def test_a_silent_worker_is_dropped_after_unanswered_batches(tmp_path: Path, procs: list[Proc]) -> None:
+    """A worker that takes batches and never answers costs each asker its policy timeout (fail closed:
+    503), and is dropped after MAX_UNANSWERED batches in a row."""
+    import asyncio
+
+    import aiohttp
+
+    from classifier.remote import MAX_UNANSWERED
+
+    serve = Serve(tmp_path)
+    procs.append(serve.proc)
+    jobs: list[Any] = []
+
+    async def silent() -> None:
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                f"ws://127.0.0.1:{serve.port}/api/v1/workers", headers={"Authorization": f"Bearer {TOKENS[0]}"}) as ws:
+            await ws.send_json({"type": "hello", "protocol": 1, "name": "silent", "capacity": 8,
+                                "sources": {"nudenet": {"model": "nudenet", "fingerprint": "x", "preprocess": "y", "keys": []}}})
+            async for msg in ws:
+                jobs.append(msg.type)
+
+    thread = threading.Thread(target=lambda: asyncio.run(silent()))
+    thread.start()
+    wait_for("the silent worker", lambda: serve.workers() == ["silent"])
+    for i in range(MAX_UNANSWERED):
+        status, body, _ = serve.validate(variant("coffee", 50 + i), timeout=30)
+        assert status == 503 and body["error_kind"] == "timeout"
+    thread.join(30)
+    assert not thread.is_alive() and jobs.count(aiohttp.WSMsgType.BINARY) == MAX_UNANSWERED
+    wait_for("the drop", lambda: f"worker silent disconnected: no answer to {MAX_UNANSWERED} batches" in serve.proc.log())
+    assert serve.workers() == []
