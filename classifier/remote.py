@@ -7,7 +7,8 @@ Messages (``PROTOCOL`` 1); every one is validated and size-capped by the side th
 
 - worker -> proxy, text: ``{"type": "hello", "protocol": 1, "name", "capacity", "sources": {source:
   {"model", "fingerprint", "preprocess", "keys"}}}`` once, first; the proxy answers ``{"type": "welcome"}``
-  or ``{"type": "refused", "reason"}`` and closes (a worker whose models disagree with the policy).
+  or ``{"type": "refused", "reason", "retry_s"}`` and closes (a worker whose models disagree with the
+  policy; ``retry_s`` is short while the proxy's own models, the reference, are still loading).
 - proxy -> worker, binary: ``MAGIC``, a 4-byte big-endian header length, the JSON header ``{"type":
   "score", "id", "sources", "frames": [[width, height, encoding, length], ...]}``, then the frames' bytes.
 - worker -> proxy, text: ``{"type": "result", "id", "scores": [{source: {key: score}}, ...]}`` (one per
@@ -229,9 +230,12 @@ class Requirements:
         self.prompts = {k for s, k in signals if s == CLIP_SOURCE}
         self.clip_model = clip_model
         self.pins: dict[str, dict[str, str]] = {s: {"fingerprint": f} for s, f in fingerprints.items()}
+        self.waiting_for_local = False
 
     def check(self, identity: Mapping[str, Any]) -> str | None:
         """Why a peer with these sources must be refused, or None. Pins what was not pinned yet."""
+        if self.waiting_for_local:
+            return "the proxy's own models are still loading (workers.local: true); they set the reference"
         for source in sorted(self.sources):
             got = identity.get(source)
             if not isinstance(got, dict):
@@ -425,6 +429,7 @@ class WorkerPool:
         self._waiting = 0
         self._encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="frames-encode")
         self.lost_total = 0
+        self._pinning: asyncio.Task[None] | None = None
 
     # -- Scorer --
     @property
@@ -456,7 +461,22 @@ class WorkerPool:
 
     async def start(self) -> None:
         if self.local is not None:
+            self.requirements.waiting_for_local = True
             await self.local.start()
+            self._pinning = asyncio.get_running_loop().create_task(self._pin_local(self.local), name="pin-local")
+
+    async def _pin_local(self, local: Classifier) -> None:
+        """The in-process models are the reference every worker must match (when they load)."""
+        try:
+            await local.wait_ready()
+            identity = await asyncio.get_running_loop().run_in_executor(self._encoder, classifier_identity, local)
+        except ClassifierNotReady:
+            return  # /healthz says why; workers then pin the reference themselves
+        finally:
+            self.requirements.waiting_for_local = False
+        reason = self.requirements.check(identity)
+        if reason is not None:
+            log.error("the in-process models disagree with the configured pins: %s", reason)
 
     async def wait_ready(self) -> None:
         if self.local is not None:
@@ -465,6 +485,8 @@ class WorkerPool:
             raise ClassifierNotReady(self.not_ready_reason())
 
     async def close(self) -> None:
+        if self._pinning is not None and not self._pinning.done():
+            self._pinning.cancel()
         for peer in list(self.peers):
             if isinstance(peer, RemotePeer):
                 peer.lost("shutting down")

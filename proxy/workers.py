@@ -127,7 +127,7 @@ class WorkerHub:
         reason = self.pool.requirements.check(sources)
         if reason is not None:
             log.error("worker %s from %s refused: %s", name, request.remote, reason)
-            await ws.send_json({"type": "refused", "reason": reason})
+            await ws.send_json({"type": "refused", "reason": reason, "retry_s": 2 if self.pool.requirements.waiting_for_local else 30})
             await ws.close(code=REFUSED, message=b"refused")
             return ws
         peer = RemotePeer(self._unique(name), capacity, ws.send_bytes, ws.close, identity=sources,
@@ -280,7 +280,8 @@ class Worker:
                     answer = json.loads(msg.data) if msg.type is aiohttp.WSMsgType.TEXT else {}
                     if answer.get("type") != "welcome":
                         log.error("%s refused this worker: %s", url, answer.get("reason") or f"closed ({ws.close_code})")
-                        backoff = 30.0
+                        retry = answer.get("retry_s")
+                        backoff = float(retry) if isinstance(retry, int | float) and 1 <= retry <= 300 else 30.0
                     else:
                         log.info("connected to %s as %s", url, answer.get("name"))
                         backoff = 0.5

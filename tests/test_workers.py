@@ -444,3 +444,19 @@ def test_a_silent_worker_is_dropped_after_unanswered_batches(tmp_path: Path, pro
     assert not thread.is_alive() and jobs.count(aiohttp.WSMsgType.BINARY) == MAX_UNANSWERED
     wait_for("the drop", lambda: f"worker silent disconnected: no answer to {MAX_UNANSWERED} batches" in serve.proc.log())
     assert serve.workers() == []
+
+
+@pytest.mark.slow
+def test_local_models_count_as_one_worker(tmp_path: Path, procs: list[Proc]) -> None:
+    """workers.local: true: the in-process models set the reference a worker must match, and both share
+    the work."""
+    serve = Serve(tmp_path, local=True)
+    procs.append(serve.proc)
+    wait_for("the local models", lambda: (serve.health() or {}).get("status") == "ok")
+    procs.append(serve.worker("w1"))
+    wait_for("the worker", lambda: sorted(serve.workers()) == ["local", "w1"])
+    for quality in range(80, 84):
+        status, body, _ = serve.validate(variant("astronaut", quality))
+        assert status == 406 and body["labels"] == ["portrait"]
+    scored = {w["name"]: w["frames_scored"] for w in (serve.health() or {})["classifier"]["workers"]}
+    assert scored["local"] > 0 and scored["w1"] > 0
