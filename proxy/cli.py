@@ -1,4 +1,4 @@
-"""The ``fedi-filter`` command line: serve, egress, check-config, scan, sweep, hash, bank."""
+"""The ``fedi-filter`` command line: serve, egress, worker, check-config, scan, sweep, hash, bank."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from aiohttp import web
 
 from . import bankcli, sweep
-from .app import build_services
+from .app import SERVICES, build_services
 from .config import ConfigError, load_config
 from .egress import serve_egress
 from .server import build_app
+from .workers import reload_on_sighup, run_worker, socket_url
 import contextlib
 
 
@@ -31,8 +33,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger(__name__).info(
         "serving %d instance(s) from %s on %s:%d", len(config.instances), config.source, config.server.host, config.server.port
     )
-    web.run_app(build_app(config), host=config.server.host, port=config.server.port, print=None)
+    app = build_app(config)
+    app.on_startup.append(_reload_on_sighup)
+    web.run_app(app, host=config.server.host, port=config.server.port, print=None)
     return 0
+
+
+async def _reload_on_sighup(app: web.Application) -> None:
+    reload_on_sighup(app[SERVICES])
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get("FEDI_FILTER_WORKER_TOKEN", "")
+    if not token:
+        print("worker: pass --token or set FEDI_FILTER_WORKER_TOKEN", file=sys.stderr)
+        return 2
+    try:
+        urls = [socket_url(u) for u in args.connect]
+    except ValueError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 2
+    config = load_config(args.config)
+    return asyncio.run(run_worker(config, urls, token, ca=args.ca, name=args.name))
 
 
 def cmd_egress(args: argparse.Namespace) -> int:
@@ -104,6 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("egress", help="run the outbound proxy (mitmproxy) for the media a backend fetches")
     p.add_argument("--config", help="config file (default: $FEDI_FILTER_CONFIG)")
     p.set_defaults(func=cmd_egress)
+
+    p = sub.add_parser("worker", help="load the models and score frames for serve/egress processes it dials out to")
+    p.add_argument("--connect", action="append", required=True, metavar="URL",
+                   help="a serve/egress process, e.g. https://filter.example:8090 (repeatable)")
+    p.add_argument("--token", help="this worker's token, one of the proxy's workers.tokens "
+                   "(default: $FEDI_FILTER_WORKER_TOKEN)")
+    p.add_argument("--config", help="config file with the same classifier and policies (default: $FEDI_FILTER_CONFIG)")
+    p.add_argument("--ca", help="CA bundle that signed the proxies' TLS certificates (a private CA)")
+    p.add_argument("--name", help="name in the proxies' logs, metrics and audit rows (default: the hostname)")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("check-config", help="validate a config file and summarise it")
     p.add_argument("file")

@@ -41,7 +41,7 @@ from .verdict import Action, Fallback, InboxAction, ProblemKind
 
 __all__ = [
     "Config", "ConfigError", "DetectorClass", "EgressConfig", "FetchConfig", "Instance", "Listen", "MediaLimits",
-    "NativeApisConfig", "Policy", "ServerConfig", "load_config", "parse_config",
+    "NativeApisConfig", "Policy", "ServerConfig", "WorkersConfig", "load_config", "parse_config",
 ]
 
 ENV_DEFAULT = "FEDI_FILTER_CONFIG"
@@ -151,6 +151,46 @@ class EgressConfig:
     @property
     def port(self) -> int:
         return self.listen.port
+
+
+class FrameEncoding(StrEnum):
+    """How frames travel to a remote worker (lossless, so a worker scores exactly what a local model would)."""
+
+    RAW = "raw"
+    PNG = "png"
+    WEBP = "webp"
+
+
+def _token_list(value: tuple[str, ...]) -> str | None:
+    if any(len(t) < 16 for t in value):
+        return "every worker token needs 16 characters or more (e.g. `openssl rand -hex 32`)"
+    if len(set(value)) != len(value):
+        return "worker tokens must be distinct (one per worker, so each can be revoked alone)"
+    return None
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    tokens: tuple[str, ...] = option((), "one secret per remote worker (from env vars: \"${FEDI_FILTER_WORKER_TOKEN}\"); "
+                                     "[] = no worker may connect", check=_token_list)
+    local: bool = option(True, "this process runs the models too (counts as one worker); false: only remote workers")
+    encoding: FrameEncoding = option(FrameEncoding.WEBP, "frames on the wire, all lossless: webp (fewest bytes, ~4x less "
+                                     "than raw), png, raw (no encoding work; for a LAN)")
+    heartbeat_s: float = option(10.0, "websocket ping interval; a worker silent for twice this is dropped", check=positive)
+    max_message_bytes: int = option(4_194_304, "largest message a worker may send (4 MiB); larger: disconnected",
+                                    check=positive)
+    fingerprints: Mapping[str, str] = option(factory=dict, doc="source -> weights fingerprint every worker must report "
+                                             "(sha256:...); {} = the first model to load pins it")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens) or not self.local
+
+
+def _store_url(value: str | None) -> str | None:
+    if not value or value.startswith(("postgresql://", "postgres://")):
+        return None
+    return f"expected null (SQLite audit_db) or a postgresql:// URL, got {value.split(':', 1)[0]!r}:..."
 
 
 class DetectorClass(StrEnum):
@@ -496,6 +536,9 @@ class Config:
     egress: EgressConfig = option(factory=EgressConfig, doc="`fedi-filter egress`: the backend's outbound proxy")
     native_apis: NativeApisConfig = option(factory=NativeApisConfig, doc="the backends' own moderation APIs we answer "
                                            "(Misskey detector, NsfwApiPolicy)")
+    workers: WorkersConfig = option(factory=WorkersConfig, doc="remote model workers that dial in (`fedi-filter worker`)")
+    store: str | None = option(None, "null or \"\": SQLite (server.audit_db); postgresql://... : shared by replicas",
+                               check=_store_url)
     source: str = option("<memory>", internal=True)
 
     @classmethod
@@ -593,7 +636,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 def reference_fields() -> dict[str, type]:
     """The sections of the config and the dataclass that declares each (for docs and the reference test)."""
     return {"server": ServerConfig, "classifier": ClassifierSettings, "fetch": FetchConfig, "egress": EgressConfig,
-            "native_apis": NativeApisConfig,
+            "native_apis": NativeApisConfig, "workers": WorkersConfig,
             "policies.*": Policy, "policies.*.limits": MediaLimits, "policies.*.allow": HashListConfig,
             "policies.*.deny": HashListConfig, "instances[]": Instance, "policies.*.concepts.*": ConceptConfig,
             "policies.*.labels.*": LabelConfig, "policies.*.labels.*.all[]": ConditionConfig,

@@ -33,6 +33,7 @@ from mitmproxy.options import Options
 from mitmproxy.tools.dump import DumpMaster
 
 from .app import SERVICES, add_health_routes, build_services
+from .workers import reload_on_sighup
 from .config import Config, ConfigError, EgressConfig, Instance
 from .fetch import BlockedAddress, GuardedResolver
 from .media import sniff
@@ -268,6 +269,7 @@ class Egress:
         self.master.addons.add(self.addon)
         if self.settings.admin_listen is not None:
             await self._start_admin(self.settings.admin_listen.host, self.settings.admin_listen.port)
+        reload_on_sighup(self.services)
 
     async def _start_admin(self, host: str, port: int) -> None:
         app = web.Application()

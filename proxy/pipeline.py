@@ -246,8 +246,10 @@ class Pipeline:
                 refusing.append(i)
             for sig, value in result.scores.items():
                 worst[sig] = max(value, worst.get(sig, float("-inf")))
+        workers = getattr(frame_scores, "workers", None)  # a worker pool says who scored each frame
         outcome = Outcome(policy.action_for(labels), DecidedBy.MODEL, labels=tuple(sorted(labels)),
-                          scores=_group_scores(worst), mime=decoded.mime, frames=len(decoded.frames))
+                          scores=_group_scores(worst), mime=decoded.mime, frames=len(decoded.frames),
+                          worker=",".join(sorted(set(workers))) if workers else None)
         if outcome.action is not Action.ACCEPT and outcome.decided_by.learns:
             try:
                 # only the pictures that were refused: the clean frames of an animation with one flagged
@@ -340,7 +342,7 @@ class Pipeline:
             AuditRow(
                 ts=time.time(), sha256=v.sha256, source=v.source, instance=v.instance, policy=v.policy,
                 action=str(v.action), decided_by=str(v.decided_by), labels=list(v.labels), scores=v.scores,
-                latency_ms=round(v.latency_ms, 2), detail=v.detail, url=url,
+                latency_ms=round(v.latency_ms, 2), detail=v.detail, url=url, worker=v.worker,
             )
         )
 

@@ -163,6 +163,8 @@ class Outcome:
     frames: int | None = None
     sha256: str | None = None
     """Set when the outcome carries the digest of bytes other than the request's own (a URL's)."""
+    worker: str | None = None
+    """Which scorer(s) scored the frames (``local``, a remote worker's name; comma-separated)."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ class Verdict:
     error_kind: ProblemKind | None = None
     policy: str = ""
     frames: int | None = None
+    worker: str | None = None
 
     @classmethod
     def of(cls, outcome: Outcome, *, sha256: str, source: str, instance: str, policy: str, latency_ms: float) -> Verdict:
@@ -189,7 +192,7 @@ class Verdict:
             sha256=outcome.sha256 if outcome.sha256 is not None else sha256, action=outcome.action,
             labels=outcome.labels, scores=outcome.scores, source=source, instance=instance, latency_ms=latency_ms,
             decided_by=outcome.decided_by, detail=outcome.detail, mime=outcome.mime, error_kind=outcome.error_kind,
-            policy=policy, frames=outcome.frames,
+            policy=policy, frames=outcome.frames, worker=outcome.worker,
         )
 
     @property

@@ -27,6 +27,8 @@ def _no_blocking_on_loop() -> Iterator[None]:
     for function in bb.functions.values():
         # mitmproxy configures itself (CA files, certificate store) with blocking calls: once, at start-up
         function.can_block_in("proxy/egress.py", {"start", "run"})
+        # asyncpg looks for ~/.pgpass and client certificates when it connects: at open and on reconnects
+        function.can_block_in("proxy/stores/postgres.py", {"open", "_listen"})
     bb.activate()
     try:
         yield

@@ -182,8 +182,9 @@ def test_reference_config_lists_every_key_with_its_default() -> None:
     loaded = load_config(ROOT / "examples" / "config.reference.yaml")
     sections = {"server": (c.ServerConfig, loaded.server), "classifier": (c.ClassifierSettings, loaded.classifier),
                 "fetch": (c.FetchConfig, loaded.fetch), "egress": (c.EgressConfig, loaded.egress),
-                "native_apis": (c.NativeApisConfig, loaded.native_apis)}
+                "native_apis": (c.NativeApisConfig, loaded.native_apis), "workers": (c.WorkersConfig, loaded.workers)}
     assert set(raw) == _schema_keys(c.Config)
+    assert raw["store"] is None and loaded.store is None
     for name, (cls, value) in sections.items():
         assert set(raw[name]) == _schema_keys(cls), name
         assert value == cls(), f"{name}: the reference shows other values than the defaults"

@@ -1,4 +1,5 @@
-"""Verdict stores: the :class:`VerdictStore` seam, SQLite behind it, an in-memory cache in front."""
+"""Verdict stores: the :class:`VerdictStore` seam, SQLite (default) or PostgreSQL (replicas) behind it, an
+in-memory cache in front. :mod:`proxy.stores.postgres` is imported only when a config names one."""
 
 from .banks import BankEntry, BankInfo, DecisionQuery, ModerationRow
 from .base import AuditRow, DeniedUrl, StoredVerdict, SweepMark, VerdictStore

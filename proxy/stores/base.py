@@ -14,6 +14,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from ..verdict import Action, DecidedBy, Outcome
@@ -34,11 +35,13 @@ class AuditRow:
     latency_ms: float
     detail: str | None = None
     url: str | None = None
+    worker: str | None = None
+    """Who scored the frames: ``local`` or remote workers' names (None: no model ran)."""
 
     def values(self) -> tuple[Any, ...]:
         return (
             self.ts, self.sha256, self.source, self.instance, self.policy, self.action, self.decided_by,
-            json.dumps(self.labels), json.dumps(self.scores), self.latency_ms, self.detail, self.url,
+            json.dumps(self.labels), json.dumps(self.scores), self.latency_ms, self.detail, self.url, self.worker,
         )
 
 
@@ -125,6 +128,10 @@ class VerdictStore(BankStore, ABC):
     @abstractmethod
     async def model_verdict(self, sha256: str, policy: str, ttl_s: float) -> StoredVerdict | None:
         """The newest model verdict for (sha256, policy) younger than ``ttl_s``, from any process."""
+
+    def watch_denials(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(url, reason)`` when another process denies a URL (stores shared by replicas
+        push denials; the default store has no other writers to hear from)."""
 
     @abstractmethod
     async def recent_model_verdicts(self, ttl_s: float, limit: int) -> list[StoredVerdict]:

@@ -32,6 +32,7 @@ class VerdictCache:
         if self.store is None:
             return 0
         await self.store.open()
+        self.store.watch_denials(self._heard_denial)
         rows = await self.store.recent_model_verdicts(self.ttl_s, self.size)
         for row in rows:
             self._verdicts[(row.sha256, row.policy)] = row.outcome()
@@ -81,6 +82,12 @@ class VerdictCache:
             if reason is not None:
                 self._denials[url] = reason
         return reason
+
+    def _heard_denial(self, url: str, reason: str) -> None:
+        """Another process denied ``url``: honour it at once, and drop what was cached of it."""
+        self._denials[url] = reason
+        for key in [k for k in self._urls if k[0] == url]:
+            self._urls.pop(key, None)
 
     def deny_url(self, denial: DeniedUrl) -> None:
         self._denials[denial.url] = denial.reason

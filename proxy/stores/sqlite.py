@@ -66,7 +66,10 @@ SWEEP_COLUMNS = ("source", "key", "version", "size", "policy", "sha256", "outcom
 SWEPT_LOOKUP_BATCH = 500
 """Keys per query when looking sweep marks up (below SQLite's limit on bound parameters)."""
 
-COLUMNS = ("ts", "sha256", "source", "instance", "policy", "action", "decided_by", "labels", "scores", "latency_ms", "detail", "url")
+COLUMNS = ("ts", "sha256", "source", "instance", "policy", "action", "decided_by", "labels", "scores", "latency_ms", "detail", "url",
+           "worker")
+ADDED_COLUMNS = {"decisions": (("worker", "TEXT"),)}
+"""Columns added after a table first shipped: added to an existing database on open."""
 
 
 class SqliteStore(SqliteBanks, VerdictStore):
@@ -85,6 +88,11 @@ class SqliteStore(SqliteBanks, VerdictStore):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(SCHEMA)
         conn.executescript(BANK_SCHEMA)
+        for table, columns in ADDED_COLUMNS.items():
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
         self._conn = conn
 
     async def open(self) -> None:
