@@ -22,19 +22,12 @@ from proxy.hashing import PdqHash
 from proxy.stores import BankEntry, SqliteStore
 from proxy.verdict import DecidedBy
 from tests.support.configs import ALWAYS, FACES, make_config, policy
+from tests.support.media import variant
 from tests.support.photos import photo
 from tests.support.servers import Client, post_media, services, start
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def variant(name: str, scale: float = 0.7, quality: int = 60) -> bytes:
-    """The photo re-encoded as JPEG at ``quality`` and resized to ``scale``: a copy that shares no byte hash."""
-    img = Image.open(io.BytesIO(photo(name))).convert("RGB")
-    img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
 
 
 def pdq(data: bytes) -> str:

@@ -6,7 +6,6 @@ random-weight CLIP with a threshold every score passes)."""
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
@@ -15,24 +14,17 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from PIL import Image
 
 from proxy.banks import ALLOW, OWN
 from tests.support.configs import ALWAYS, make_config, policy
 from tests.support.hosts import Backend
+from tests.support.media import variant
 from tests.support.photos import photo
 from tests.support.servers import Client, audit_rows, post_media, services, start
 
 TOKEN = "secret"  # tests/support/configs.config_dict's admin_token
 CHROMIUM = os.environ.get("FFP_CHROMIUM", "/usr/bin/chromium")
 
-
-def variant(name: str, scale: float = 0.7, quality: int = 60) -> bytes:
-    img = Image.open(io.BytesIO(photo(name))).convert("RGB")
-    img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
 
 
 def quarantining(tmp_path: Path, **sections: Any) -> Any:

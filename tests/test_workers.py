@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ import yaml
 from PIL import Image
 
 from tests.support.configs import FACES, config_dict, policy
+from tests.support.media import variant
 from tests.support.photos import photo, photo_image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,11 +38,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def variant(name: str, quality: int) -> bytes:
+
+def _variant(name: str, quality: int) -> bytes:
     """The photo as a JPEG of this quality: other bytes (no cache hit), the same picture."""
-    buf = io.BytesIO()
-    photo_image(name).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+    return variant(name, scale=1, quality=quality)
 
 
 class Proc:
@@ -148,7 +147,7 @@ def test_remote_worker_judges_fails_closed_when_killed_and_recovers(tmp_path: Pa
     health = serve.health()
     assert health is not None and health["status"] == "not_ready"
     assert "no worker connected" in health["classifier"]["reason"]
-    status, body, headers = serve.validate(variant("coffee", 90))
+    status, body, headers = serve.validate(_variant("coffee", 90))
     assert status == 503 and body["error_kind"] == "not_ready" and headers["Retry-After"]
 
     worker = serve.worker("gpu-home")
@@ -171,13 +170,13 @@ def test_remote_worker_judges_fails_closed_when_killed_and_recovers(tmp_path: Pa
 
     worker.stop(signal.SIGKILL)
     wait_for("the worker to be dropped", lambda: serve.workers() == [])
-    status, body, headers = serve.validate(variant("rocket", 91), timeout=30)
+    status, body, headers = serve.validate(_variant("rocket", 91), timeout=30)
     assert status == 503 and body["error_kind"] == "not_ready" and headers["Retry-After"]
 
     again = serve.worker("gpu-home")
     procs.append(again)
     wait_for("the worker to reconnect", lambda: serve.workers() == ["gpu-home"])
-    status, body, _ = serve.validate(variant("rocket", 91))
+    status, body, _ = serve.validate(_variant("rocket", 91))
     assert status == 200 and body["decided_by"] == "model"
     assert serve.proc.proc.poll() is None
     assert TOKENS[0] not in serve.proc.log()
@@ -192,7 +191,7 @@ def test_two_workers_share_work_and_bad_ones_are_refused(tmp_path: Path, procs: 
     # clean photos: each is scored (a refused one would be learned by the own bank, and its copies
     # refused from there without a model call)
     for quality in range(80, 88):
-        status, body, _ = serve.validate(variant("coffee", quality))
+        status, body, _ = serve.validate(_variant("coffee", quality))
         assert status == 200 and body["decided_by"] == "model"
     scored = {w["name"]: w["frames_scored"] for w in (serve.health() or {})["classifier"]["workers"]}
     assert scored["w1"] > 0 and scored["w2"] > 0 and scored["w1"] + scored["w2"] == 8
@@ -281,7 +280,7 @@ def test_a_hostile_worker_is_dropped_and_cannot_stall_the_proxy(tmp_path: Path, 
         thread = threading.Thread(target=run)
         thread.start()
         wait_for("the hostile worker", lambda: serve.workers() == ["hostile"])
-        status, body, _ = serve.validate(variant("coffee", 70 + i), timeout=30)
+        status, body, _ = serve.validate(_variant("coffee", 70 + i), timeout=30)
         thread.join(30)
         assert result, serve.proc.log()[-3000:]
         dropped = isinstance(result[0], ConnectionError | aiohttp.ClientError) or (
@@ -386,7 +385,7 @@ def test_a_worker_lost_mid_batch_hands_its_frames_to_another(tmp_path: Path, pro
     procs.append(serve.proc)
     procs.append(serve.worker("steady", TOKENS[1]))
     wait_for("the steady worker", lambda: serve.workers() == ["steady"])
-    status, _, _ = serve.validate(variant("coffee", 60))
+    status, _, _ = serve.validate(_variant("coffee", 60))
     assert status == 200  # the steady worker has been used; the next batch goes to the idler newcomer
     identity = {"nudenet": source_identity(NudeNetSource(1))}
     took: list[bool] = []
@@ -440,7 +439,7 @@ def test_a_silent_worker_is_dropped_after_unanswered_batches(tmp_path: Path, pro
     thread.start()
     wait_for("the silent worker", lambda: serve.workers() == ["silent"])
     for i in range(MAX_UNANSWERED):
-        status, body, _ = serve.validate(variant("coffee", 50 + i), timeout=30)
+        status, body, _ = serve.validate(_variant("coffee", 50 + i), timeout=30)
         assert status == 503 and body["error_kind"] == "timeout"
     thread.join(30)
     assert not thread.is_alive() and jobs.count(aiohttp.WSMsgType.BINARY) == MAX_UNANSWERED
@@ -457,10 +456,10 @@ def test_local_models_count_as_one_worker(tmp_path: Path, procs: list[Proc]) -> 
     wait_for("the local models", lambda: (serve.health() or {}).get("status") == "ok")
     procs.append(serve.worker("w1"))
     wait_for("the worker", lambda: sorted(serve.workers()) == ["local", "w1"])
-    status, body, _ = serve.validate(variant("astronaut", 80))
+    status, body, _ = serve.validate(_variant("astronaut", 80))
     assert status == 406 and body["labels"] == ["portrait"]
     for quality in range(80, 84):
-        status, body, _ = serve.validate(variant("rocket", quality))
+        status, body, _ = serve.validate(_variant("rocket", quality))
         assert status == 200 and body["decided_by"] == "model"
     scored = {w["name"]: w["frames_scored"] for w in (serve.health() or {})["classifier"]["workers"]}
     assert scored["local"] > 0 and scored["w1"] > 0

@@ -9,7 +9,7 @@ import zlib
 
 from PIL import Image
 
-from tests.support.photos import photo_array
+from tests.support.photos import photo_array, photo_image
 
 
 def animated_gif(names: list[str], size: tuple[int, int] = (128, 128)) -> bytes:
@@ -86,4 +86,15 @@ def audio_with_cover(name: str, fmt: str = "mp3") -> bytes:
                 out.mux(packet)
         for packet in audio.encode():
             out.mux(packet)
+    return buf.getvalue()
+
+
+def variant(name: str, scale: float = 0.7, quality: int = 60) -> bytes:
+    """The photo re-encoded as JPEG at ``quality`` and resized to ``scale``: a copy that shares no byte
+    hash with the original (the same picture to a perceptual hash)."""
+    img = photo_image(name)
+    if scale != 1:
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
