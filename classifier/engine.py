@@ -204,10 +204,13 @@ class Classifier:
         loop = asyncio.get_running_loop()
         per_frame: list[dict[Signal, float]] = [{} for _ in frames]
 
+        async def frame(name: str, image: Image.Image) -> dict[str, float]:
+            prepared = await loop.run_in_executor(self._prep_pool, self.sources[name].preprocess, image)
+            return await self.batchers[name].submit(prepared)
+
         async def one(name: str) -> None:
-            src = self.sources[name]
-            prepared = await loop.run_in_executor(self._prep_pool, lambda: [src.preprocess(f) for f in frames])
-            waiting = [asyncio.ensure_future(self.batchers[name].submit(p)) for p in prepared]
+            # each frame goes to the model as soon as it is prepared: preprocessing overlaps the model calls
+            waiting = [asyncio.ensure_future(frame(name, f)) for f in frames]
             try:
                 results = await asyncio.gather(*waiting)
             except BaseException:  # overload, timeout, cancellation: the other frames need no model time
