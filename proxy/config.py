@@ -94,6 +94,7 @@ class ServerConfig:
     decode_workers: int = option(2, "threads that hash and decode media beside the event loop", check=positive)
     max_inflight_bytes: int = option(268_435_456, "request bodies held at once for judging (256 MiB); past it a body "
                                      "waits within the policy timeout, then gets on_error", check=positive)
+    access_log: bool = option(False, "also access-log reverse-proxied requests (the API's own are always logged)")
 
     @property
     def host(self) -> str:
