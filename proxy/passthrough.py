@@ -111,6 +111,10 @@ class Forwarder:
                 await response.write(chunk)
             await response.write_eof()
             return response
+        except ConnectionResetError:
+            # the client went away mid-answer (a closed tab, a timeout): routine, one line, no traceback
+            log.info("client %s went away during %s %s%s", request.remote, request.method, request.host, request.path)
+            return response
         finally:
             upstream.release()
 
