@@ -65,7 +65,8 @@ class ClassifierSettings:
     device: str = _doc("auto", "auto | cpu | cuda | cuda:N ; CUDA runs in bf16 (fp16 on older GPUs)", check=_device)
     seed: int = _doc(0, "only for pretrained: random (tests)")
     max_batch: int = _doc(32, "frames per model call at most", check=_positive)
-    max_wait_ms: float = _doc(5.0, "how long the first frame of a batch waits for company", check=_non_negative)
+    max_wait_ms: float = _doc(5.0, "under load, how long a batch may wait for company after its first frame "
+                              "arrived; a frame that finds the model idle goes at once", check=_non_negative)
     max_queue: int = _doc(1024, "frames waiting per model; past it requests get on_error (overload)", check=_positive)
     preprocess_workers: int = _doc(2, "threads preparing model inputs", check=_positive)
     detector_threads: int = _doc(0, "onnxruntime threads per detector (0 = onnxruntime's choice)",
