@@ -209,18 +209,17 @@ class Classifier:
             prepared = await loop.run_in_executor(self._prep_pool, self.sources[name].preprocess, image)
             return await self.batchers[name].submit(prepared)
 
-        async def one(name: str) -> None:
-            # each frame goes to the model as soon as it is prepared: preprocessing overlaps the model calls
-            waiting = [asyncio.ensure_future(frame(name, f)) for f in frames]
-            try:
-                results = await asyncio.gather(*waiting)
-            except BaseException:  # overload, timeout, cancellation: the other frames need no model time
-                for w in waiting:
-                    w.cancel()
-                raise
-            for scores, result in zip(per_frame, results, strict=True):
-                for key, value in result.items():
-                    scores[(name, key)] = value
-
-        await asyncio.gather(*(one(name) for name in sources))
+        # frame-major: every model gets its first frame as early as the others, and each frame goes to its
+        # model as soon as it is prepared, so preprocessing overlaps the model calls
+        names = list(sources)
+        waiting = [(i, name, asyncio.ensure_future(frame(name, f))) for i, f in enumerate(frames) for name in names]
+        try:
+            results = await asyncio.gather(*(w for _, _, w in waiting))
+        except BaseException:  # overload, timeout, cancellation: the other frames need no model time
+            for _, _, w in waiting:
+                w.cancel()
+            raise
+        for (i, name, _), result in zip(waiting, results, strict=True):
+            for key, value in result.items():
+                per_frame[i][(name, key)] = value
         return per_frame
