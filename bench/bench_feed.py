@@ -142,12 +142,14 @@ def clip_limit(images: list[Image.Image]) -> float:
 
 
 def report(name: str, rows: dict[str, list[float]], unit: str, limit: list[float]) -> None:
+    """Medians, and the median of each round's ratio to that round's limit (the limit moves with the load
+    other processes put on a shared machine; a round's figures are measured minutes apart at most)."""
     lim = statistics.median(limit)
     print(f"[{name}] limit: median {lim:.1f} {unit} (rounds: {', '.join(f'{x:.1f}' for x in limit)})")
     for label, values in rows.items():
-        med = statistics.median(values)
-        print(f"[{name}] {label:28}: median {med:7.1f} {unit} = {med / lim:.2f} of the limit "
-              f"(rounds: {', '.join(f'{x:.1f}' for x in values)})")
+        ratios = [v / x for v, x in zip(values, limit, strict=True)]
+        print(f"[{name}] {label:28}: median {statistics.median(values):7.1f} {unit}; of the round's limit: median "
+              f"{statistics.median(ratios):.2f} (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
 
 
 async def main() -> None:
