@@ -159,9 +159,12 @@ async def main() -> None:
     ap.add_argument("--clip-images", type=int, default=512)
     ap.add_argument("--before", type=Path)
     ap.add_argument("--only", choices=("cpu", "clip"))
+    ap.add_argument("--before-first", action="store_true", help="measure the other checkout first in each round")
     args = ap.parse_args()
     print(f"machine: {machine()} (shared with other engineers' test runs)")
     roots = {"now": ROOT} | ({"before": args.before.resolve()} if args.before else {})
+    if args.before_first:
+        roots = dict(reversed(roots.items()))
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "cpu"):
             raw = yaml.safe_load((ROOT / "config" / "cpu.yaml").read_text())
