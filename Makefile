@@ -45,6 +45,10 @@ bench: install
 	$(BIN)/python bench/bench_passthrough.py
 	$(BIN)/python bench/bench_egress.py
 	$(BIN)/python bench/bench_workers.py
+	$(BIN)/python bench/bench_feed.py
+	$(BIN)/python bench/bench_decode_pool.py
+	$(BIN)/python bench/bench_nginx.py
+	$(BIN)/python bench/bench_egress_bare.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -1,20 +1,23 @@
 """Dynamic batching: concurrent callers share one model call.
 
-Requests wait in a bounded queue. A batch is sent to the model when it holds ``max_batch`` items or when
-``max_wait_ms`` has passed since its first item arrived. The model runs on one dedicated thread, so the
-event loop never blocks, and while a batch runs the next one fills up. A full queue refuses at once
-(:class:`Overloaded`) instead of growing: the caller's policy decides what overload means.
+Requests wait in a bounded queue. The model runs on one dedicated thread, so the event loop never blocks,
+and while a batch runs the next one fills up. When the model is free, everything queued (up to
+``max_batch``) goes to it at once: an item that finds the model idle and the queue empty is never held
+back. Only under load (the previous call ended with items waiting behind it) may a batch that is not full
+wait for company, and then only until ``max_wait_ms`` after its first item arrived; an item that already
+waited that long behind a model call goes at once. A full queue refuses at once (:class:`Overloaded`)
+instead of growing: the caller's policy decides what overload means.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
-import contextlib
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -28,6 +31,7 @@ class Overloaded(RuntimeError):
 class _Item(Generic[T, R]):
     payload: T
     future: asyncio.Future[R]
+    arrived: float = field(default_factory=time.monotonic)
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -56,6 +60,8 @@ class DynamicBatcher(Generic[T, R]):
         self._on_batch = on_batch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batcher-{name}")
         self._task: asyncio.Task[None] | None = None
+        self._loaded = False
+        """The last model call ended with items waiting: batches are forming under load."""
 
     @property
     def queue_depth(self) -> int:
@@ -91,7 +97,7 @@ class DynamicBatcher(Generic[T, R]):
     async def _collect(self) -> list[_Item[T, R]]:
         first = await self._queue.get()
         batch = [first]
-        deadline = time.monotonic() + self._max_wait
+        deadline = first.arrived + self._max_wait
         while len(batch) < self._max_batch:
             try:
                 batch.append(self._queue.get_nowait())
@@ -99,7 +105,7 @@ class DynamicBatcher(Generic[T, R]):
             except asyncio.QueueEmpty:
                 pass
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if not self._loaded or remaining <= 0:
                 break
             try:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
@@ -116,9 +122,11 @@ class DynamicBatcher(Generic[T, R]):
             started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self._fn, [i.payload for i in batch])
+                self._loaded = not self._queue.empty()
                 if len(results) != len(batch):
                     raise RuntimeError(f"{self.name}: model returned {len(results)} results for {len(batch)}")
             except Exception as exc:  # the model failed: every waiter gets the error, the loop goes on
+                self._loaded = not self._queue.empty()
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(exc)

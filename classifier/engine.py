@@ -65,7 +65,8 @@ class ClassifierSettings:
     device: str = _doc("auto", "auto | cpu | cuda | cuda:N ; CUDA runs in bf16 (fp16 on older GPUs)", check=_device)
     seed: int = _doc(0, "only for pretrained: random (tests)")
     max_batch: int = _doc(32, "frames per model call at most", check=_positive)
-    max_wait_ms: float = _doc(5.0, "how long the first frame of a batch waits for company", check=_non_negative)
+    max_wait_ms: float = _doc(5.0, "under load, how long a batch may wait for company after its first frame "
+                              "arrived; a frame that finds the model idle goes at once", check=_non_negative)
     max_queue: int = _doc(1024, "frames waiting per model; past it requests get on_error (overload)", check=_positive)
     preprocess_workers: int = _doc(2, "threads preparing model inputs", check=_positive)
     detector_threads: int = _doc(0, "onnxruntime threads per detector (0 = onnxruntime's choice)",
@@ -204,19 +205,21 @@ class Classifier:
         loop = asyncio.get_running_loop()
         per_frame: list[dict[Signal, float]] = [{} for _ in frames]
 
-        async def one(name: str) -> None:
-            src = self.sources[name]
-            prepared = await loop.run_in_executor(self._prep_pool, lambda: [src.preprocess(f) for f in frames])
-            waiting = [asyncio.ensure_future(self.batchers[name].submit(p)) for p in prepared]
-            try:
-                results = await asyncio.gather(*waiting)
-            except BaseException:  # overload, timeout, cancellation: the other frames need no model time
-                for w in waiting:
-                    w.cancel()
-                raise
-            for scores, result in zip(per_frame, results, strict=True):
-                for key, value in result.items():
-                    scores[(name, key)] = value
+        async def frame(name: str, image: Image.Image) -> dict[str, float]:
+            prepared = await loop.run_in_executor(self._prep_pool, self.sources[name].preprocess, image)
+            return await self.batchers[name].submit(prepared)
 
-        await asyncio.gather(*(one(name) for name in sources))
+        # frame-major: every model gets its first frame as early as the others, and each frame goes to its
+        # model as soon as it is prepared, so preprocessing overlaps the model calls
+        names = list(sources)
+        waiting = [(i, name, asyncio.ensure_future(frame(name, f))) for i, f in enumerate(frames) for name in names]
+        try:
+            results = await asyncio.gather(*(w for _, _, w in waiting))
+        except BaseException:  # overload, timeout, cancellation: the other frames need no model time
+            for _, _, w in waiting:
+                w.cancel()
+            raise
+        for (i, name, _), result in zip(waiting, results, strict=True):
+            for key, value in result.items():
+                per_frame[i][(name, key)] = value
         return per_frame

@@ -16,9 +16,10 @@ from . import bankcli, sweep
 from .app import SERVICES, build_services
 from .config import ConfigError, load_config
 from .egress import serve_egress
-from .server import build_app
+from .server import access_logger, build_app
 from .workers import reload_on_sighup, run_worker, socket_url
 import contextlib
+from collections.abc import Callable
 
 
 def _setup_logging(level: str) -> None:
@@ -26,16 +27,35 @@ def _setup_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # huggingface_hub gives its logger a stderr handler of its own on import, and the logger also
+    # propagates to ours: every warning of the model hub client (offline retries, say) came out twice
+    import huggingface_hub.utils.logging  # noqa: F401
+
+    hub = logging.getLogger("huggingface_hub")
+    for handler in list(hub.handlers):
+        hub.removeHandler(handler)
+
+
+def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (a faster loop for the proxy), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    factory = _event_loop_factory()
     logging.getLogger(__name__).info(
-        "serving %d instance(s) from %s on %s:%d", len(config.instances), config.source, config.server.host, config.server.port
+        "serving %d instance(s) from %s on %s:%d (%s event loop)", len(config.instances), config.source,
+        config.server.host, config.server.port, "uvloop" if factory else "asyncio",
     )
     app = build_app(config)
     app.on_startup.append(_reload_on_sighup)
-    web.run_app(app, host=config.server.host, port=config.server.port, print=None)
+    web.run_app(app, host=config.server.host, port=config.server.port, print=None,
+                access_log_class=access_logger(config, proxied=args.access_log), loop=factory() if factory else None)
     return 0
 
 
@@ -121,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("serve", help="run the reverse proxy and validation API")
     p.add_argument("--config", help="config file (default: $FEDI_FILTER_CONFIG)")
+    p.add_argument("--access-log", action="store_true",
+                   help="also access-log reverse-proxied requests (server.access_log; off: only the API's own)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("egress", help="run the outbound proxy (mitmproxy) for the media a backend fetches")

@@ -108,6 +108,7 @@ class ServerConfig:
                                      "waits within the policy timeout, then gets on_error", check=positive)
     body_timeout_ms: int = option(60_000, "a body held for judging must arrive within this (nginx buffers bodies, "
                                   "so slow senders wait there); past it: 408", check=positive)
+    access_log: bool = option(False, "also access-log reverse-proxied requests (the API's own are always logged)")
 
     @property
     def host(self) -> str:

@@ -18,6 +18,7 @@ is judged by the same verdict pipeline before they can store it:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import socket
@@ -35,7 +36,7 @@ from mitmproxy.tools.dump import DumpMaster
 from .app import SERVICES, add_health_routes, build_services
 from .workers import reload_on_sighup
 from .config import Config, ConfigError, EgressConfig, Instance
-from .fetch import BlockedAddress, GuardedResolver
+from .fetch import BlockedAddress, GuardedResolver, address_allowed
 from .media import sniff
 from .metrics import Metrics
 from .pipeline import Pipeline
@@ -52,6 +53,9 @@ SNIFF_BYTES = 32
 HEADER = "X-Fedi-Filter"
 MARK = "fedi_filter_refused"
 """flow.metadata key of our own refusals (mitmproxy's addons keep their state on the flow)."""
+TEXT = "fedi_filter_small_text"
+"""flow.metadata key of a small text response buffered whole (sniffed in the response hook)."""
+SMALL_TEXT = 65536
 
 
 class _CutDisguisedMedia:
@@ -93,6 +97,7 @@ class EgressAddon:
         self.instance = instance
         self.settings = settings
         self.metrics = metrics
+        self.allow = allow
         self.resolver = GuardedResolver(allow)
         self.slots = asyncio.Semaphore(settings.max_concurrent)
 
@@ -104,6 +109,12 @@ class EgressAddon:
 
     async def _private_target(self, host: str, port: int) -> str | None:
         """Why ``host`` must not be reached (an address that is not public), or None."""
+        try:
+            ip = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            pass  # a name: resolved below
+        else:  # an address is what it is: no resolver thread needed
+            return None if address_allowed(ip, self.allow) else f"{ip} is not a public address"
         try:
             await self.resolver.resolve(host.strip("[]"), port, socket.AF_UNSPEC)
         except BlockedAddress as exc:
@@ -138,10 +149,15 @@ class EgressAddon:
             self._refuse(flow, 403, f"blocked: {why}")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """Text streams through (sniffed); everything else is buffered for judgement."""
+        """ActivityPub JSON and HTML stream through (sniffed), unless small: that is buffered and sniffed
+        whole (one write, its Content-Length kept); everything else is buffered for judgement."""
         assert flow.response is not None
         ctype = flow.response.headers.get("Content-Type", "")
         if STREAMED_TYPES.match(ctype) and not flow.response.headers.get("Content-Encoding"):
+            length = flow.response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) <= SMALL_TEXT:
+                flow.metadata[TEXT] = True
+                return
             flow.response.stream = _CutDisguisedMedia(flow.request.pretty_url, self._on_cut)
             # the body may be cut short, so its length is not promised in advance
             flow.response.headers.pop("Content-Length", None)
@@ -166,7 +182,12 @@ class EgressAddon:
             self._refuse(flow, 502, f"undecodable Content-Encoding {resp.headers.get('Content-Encoding', '')!r}")
             return
         url = flow.request.pretty_url
-        if sniff(body) is None:
+        mime = sniff(body)
+        if mime is not None and flow.metadata.get(TEXT):  # labelled JSON/HTML, starts like media: cut, as a
+            self._on_cut(url, mime)                         # streamed one is
+            resp.content = b""
+            return
+        if mime is None:
             if TEXT_TYPES.match(resp.headers.get("Content-Type", "")) or not body:
                 self.metrics.egress.labels("not_media").inc()
                 return

@@ -30,6 +30,8 @@ HOP_BY_HOP = frozenset(
 WS_HANDSHAKE = frozenset(h.lower() for h in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
                                              "Sec-WebSocket-Protocol", "Sec-WebSocket-Accept"))
 CHUNK = 65536
+SMALL_ANSWER = CHUNK
+"""Upstream answers of at most this many bytes (with a Content-Length) are read whole and sent in one write."""
 
 
 END_TO_END = frozenset(h.lower() for h in (
@@ -110,6 +112,12 @@ class Forwarder:
             log.warning("upstream %s unreachable for %s %s: %s", instance.upstream, request.method, request.path, exc)
             return web.json_response({"error": f"upstream unreachable: {exc.__class__.__name__}"}, status=502)
         try:
+            length = upstream.content_length
+            if (length is not None and length <= SMALL_ANSWER and request.method != "HEAD"
+                    and upstream.status >= 200 and upstream.status not in (204, 304)):
+                # a small answer in one write (head and body together): most API answers are small
+                return web.Response(status=upstream.status, reason=upstream.reason, body=await upstream.read(),
+                                    headers=_drop_hop_by_hop(upstream.headers))
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                           headers=_drop_hop_by_hop(upstream.headers))
             if upstream.headers.get("Content-Length") is None and request.version >= (1, 1):
@@ -118,6 +126,10 @@ class Forwarder:
             async for chunk in upstream.content.iter_chunked(CHUNK):
                 await response.write(chunk)
             await response.write_eof()
+            return response
+        except ConnectionResetError:
+            # the client went away mid-answer (a closed tab, a timeout): routine, one line, no traceback
+            log.info("client %s went away during %s %s%s", request.remote, request.method, request.host, request.path)
             return response
         finally:
             upstream.release()

@@ -8,10 +8,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
 from .admission import ByteBudget
 from .app import SERVICES, Services, add_health_routes, build_services
@@ -26,6 +29,8 @@ from .verdict import Verdict
 log = logging.getLogger(__name__)
 
 CONTEXT = web.AppKey("context", Context)
+INSTANCE = web.RequestKey("ffp_instance", Instance)
+"""The instance whose Host a reverse-proxied request named (set by :class:`HostFirstRouter`)."""
 
 
 def json_error(status: int, message: str, **extra: Any) -> web.Response:
@@ -105,14 +110,51 @@ async def scan(request: web.Request) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def reverse_proxy(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Requests for a Host an instance claims go to that instance (intercepted or streamed through); any
-    other Host reaches this server's own API (validation, scan, health, metrics)."""
-    instance = request.app[SERVICES].config.instance_claiming(request.host)
-    if instance is None:
-        return await handler(request)
-    return await handle(request.app[CONTEXT], request, instance)
+async def reverse_proxy(request: web.Request) -> web.StreamResponse:
+    """A request for a Host an instance claims: intercepted or streamed through to that instance."""
+    return await handle(request.app[CONTEXT], request, request[INSTANCE])
+
+
+class HostFirstRouter(web.UrlDispatcher):
+    """Looks at the Host before the path: requests for a Host an instance claims all go to
+    :func:`reverse_proxy` (no path lookup, no 404 built and thrown away per proxied request); any other
+    Host reaches this server's own API (validation, scan, health, metrics) through the routes."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self._config = config
+        self._proxied = web.ResourceRoute("*", reverse_proxy, web.PlainResource("/", name=None))
+
+    async def resolve(self, request: web.Request) -> web.UrlMappingMatchInfo:
+        instance = self._config.instance_claiming(request.host)
+        if instance is None:
+            return await super().resolve(request)
+        request[INSTANCE] = instance
+        return UrlMappingMatchInfo({}, self._proxied)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access log for this server's own API; reverse-proxied requests only with
+    ``server.access_log: true`` (or ``serve --access-log``): at hundreds of requests a second the log would
+    cost more than the proxying."""
+
+    proxied = False
+
+    def __init__(self, logger: logging.Logger, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        self._inner = web.AccessLogger(logger, log_format)
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if self.proxied or INSTANCE not in request:
+            self._inner.log(request, response, time)
+
+    @property
+    def enabled(self) -> bool:
+        return self._inner.enabled
+
+
+class ProxiedAccessLogger(AccessLogger):
+    proxied = True
 
 
 @web.middleware
@@ -150,8 +192,11 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
 def build_app(config: Config, services: Services | None = None) -> web.Application:
     services = services or build_services(config)
     # bodies as sent: a Content-Encoding is undone by us for judging, and the original bytes are forwarded
-    app = web.Application(middlewares=[errors_and_counts, reverse_proxy], client_max_size=config.server.max_body_bytes,
-                          handler_args={"auto_decompress": False})
+    with warnings.catch_warnings():
+        # aiohttp deprecates a router of one's own; it is the one place the Host can be read before the path
+        warnings.simplefilter("ignore", DeprecationWarning)
+        app = web.Application(router=HostFirstRouter(config), middlewares=[errors_and_counts],
+                              client_max_size=config.server.max_body_bytes, handler_args={"auto_decompress": False})
     app[SERVICES] = services
     app[CONTEXT] = Context(config, services.pipeline, Forwarder(), services.metrics,
                            budget=ByteBudget(config.server.max_inflight_bytes))
@@ -163,3 +208,8 @@ def build_app(config: Config, services: Services | None = None) -> web.Applicati
     add_health_routes(app)
     add_review_routes(app)
     return app
+
+
+def access_logger(config: Config, *, proxied: bool = False) -> type[AbstractAccessLogger]:
+    """The access logger class for ``serve``: proxied requests logged only when asked."""
+    return ProxiedAccessLogger if proxied or config.server.access_log else AccessLogger

@@ -37,14 +37,61 @@ async def test_concurrent_requests_share_batches_and_get_their_own_results() -> 
     assert model.threads == {next(iter(model.threads))} and "batcher-t" in next(iter(model.threads))
 
 
-async def test_single_request_waits_at_most_max_wait() -> None:
-    b = DynamicBatcher(Model(), name="t", max_batch=32, max_wait_ms=30, max_queue=64)
+async def test_lone_item_is_not_held_for_max_wait() -> None:
+    """An item that finds the model idle and the queue empty goes at once: with an hour's max_wait_ms a
+    lone submit still completes (twice: the second finds the batcher after a call, not fresh)."""
+    b = DynamicBatcher(Model(), name="t", max_batch=32, max_wait_ms=3_600_000, max_queue=64)
     b.start()
-    t0 = time.perf_counter()
-    assert await b.submit(1) == 10
-    elapsed = time.perf_counter() - t0
+    assert await asyncio.wait_for(b.submit(1), 30) == 10
+    assert await asyncio.wait_for(b.submit(2), 30) == 20
     await b.close()
-    assert elapsed < 1.0
+
+
+class GatedModel(Model):
+    """Blocks in its first call until released, so a test knows the model is busy without timing it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, batch: list[int]) -> list[int]:
+        self.entered.set()
+        self.release.wait(30)
+        return super().__call__(batch)
+
+
+async def test_items_arriving_while_the_model_runs_form_the_next_batch() -> None:
+    model = GatedModel()
+    sizes: list[int] = []
+    b = DynamicBatcher(model, name="t", max_batch=8, max_wait_ms=0, max_queue=64, on_batch=lambda n, s: sizes.append(n))
+    b.start()
+    first = asyncio.ensure_future(b.submit(0))
+    assert await asyncio.to_thread(model.entered.wait, 30)
+    rest = [asyncio.ensure_future(b.submit(i)) for i in range(1, 6)]
+    await asyncio.sleep(0)
+    model.release.set()
+    assert await first == 0 and [await r for r in rest] == [10, 20, 30, 40, 50]
+    await b.close()
+    assert model.batches == [[0], [1, 2, 3, 4, 5]] and sizes == [1, 5]
+
+
+async def test_under_load_a_batch_waits_for_company_until_max_wait_after_its_first_item() -> None:
+    """Once calls end with items queued, a batch that is not full waits (here: an hour, so only a full
+    batch can go) for items still arriving."""
+    model = GatedModel()
+    b = DynamicBatcher(model, name="t", max_batch=4, max_wait_ms=3_600_000, max_queue=64)
+    b.start()
+    first = asyncio.ensure_future(b.submit(0))
+    assert await asyncio.to_thread(model.entered.wait, 30)
+    second = [asyncio.ensure_future(b.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0)
+    model.release.set()
+    assert await first == 0
+    third = [asyncio.ensure_future(b.submit(i)) for i in (3, 4)]
+    assert [await s for s in second + third] == [10, 20, 30, 40]
+    await b.close()
+    assert model.batches == [[0], [1, 2, 3, 4]]
 
 
 async def test_full_queue_refuses_at_once() -> None:

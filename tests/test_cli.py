@@ -167,3 +167,12 @@ def test_egress_command_serves_as_a_proxy(tmp_path: Path) -> None:
         proc.communicate(timeout=30)
         media.shutdown()
         media.server_close()
+
+
+def test_model_hub_warnings_are_printed_once() -> None:
+    """huggingface_hub's logger has a handler of its own; with ours beside it each line came out twice."""
+    code = ("from proxy.cli import _setup_logging; _setup_logging('info'); "
+            "from huggingface_hub.utils import logging as hub; hub.get_logger('huggingface_hub.utils._http')"
+            ".warning('Retrying in 1s [Retry 1/5].')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stderr.count("Retrying in 1s") == 1, out.stderr

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import ssl
+import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +17,7 @@ import trustme
 
 from proxy.config import parse_config
 from proxy.egress import Egress
+from proxy.stores.memory import DENIALS_FRESH_S
 from tests.support.egress import client_ssl, egress_config, get, make_ca, running
 from tests.support.hosts import HITS, Backend, media_app
 from tests.support.photos import photo
@@ -128,3 +131,29 @@ async def test_a_url_stripped_from_an_inbox_is_refused_by_egress(tmp_path, ca, a
         status, _, headers = await get(proxy, flagged)
         assert status == 403 and headers["X-Fedi-Filter"].startswith("denied")
     assert media.app[HITS] == {"astronaut": 1}  # fetched once, by serve's inbox prefetch
+
+
+async def test_a_denial_written_by_another_process_is_honoured_within_a_bounded_time(egress, aiohttp_server,
+                                                                                      tmp_path) -> None:
+    """egress answers URL denials from memory, and notices another process's writes to the shared SQLite
+    store (PRAGMA data_version) within DENIALS_FRESH_S: the next requests after a short wait are refused."""
+    _, proxy = egress
+    media = await aiohttp_server(media_app())
+    url = f"http://127.0.0.1:{media.port}/img/coffee.jpg"
+    status, _, _ = await get(proxy, url)
+    assert status == 200  # judged clean; the denial check answered "no" from memory
+    writer = ("import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+              "c.execute('INSERT OR REPLACE INTO denied_urls VALUES (?, ?, NULL, ?, ?)', "
+              "(sys.argv[2], time.time(), 'main', 'denied by another process')); c.commit()")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", writer, str(tmp_path / "audit.sqlite3"), url)
+    assert await proc.wait() == 0
+    written = time.monotonic()
+    while True:
+        status, _, headers = await get(proxy, url)
+        if status == 403:
+            break
+        assert time.monotonic() - written < 10, "a denial written elsewhere was never honoured"
+        await asyncio.sleep(0.05)
+    assert headers["X-Fedi-Filter"] == "denied: denied by another process"
+    await asyncio.sleep(DENIALS_FRESH_S)
+    assert (await get(proxy, url))[0] == 403

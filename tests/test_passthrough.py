@@ -6,9 +6,16 @@ hop-by-hop headers dropped, X-Forwarded-* set, websockets bridged, upstream erro
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import logging
+import socket
+import struct
 
+from aiohttp.test_utils import TestServer
+
+from proxy.server import SERVICES, access_logger
 from tests.support.configs import FACES, make_config
 from tests.support.servers import make_env, start
 
@@ -103,3 +110,51 @@ async def test_streaming_large_body_through_the_proxy(aiohttp_client, aiohttp_se
     body = await resp.json()
     assert body == {"sha256": h.hexdigest(), "bytes": 64 * 1024 * 1024}
 
+
+
+async def test_a_client_that_goes_away_mid_answer_is_one_log_line(aiohttp_client, aiohttp_server, caplog) -> None:
+    env = await make_env(aiohttp_client, aiohttp_server)
+    caplog.set_level(logging.DEBUG)
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.client.port)
+    writer.write(b"GET /big-download?n=200000000 HTTP/1.1\r\nHost: masto.test\r\n\r\n")
+    await writer.drain()
+    assert (await reader.readexactly(1000)).startswith(b"HTTP/1.1 200")
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset, not a clean close
+    writer.close()
+    for _ in range(600):
+        if any("went away" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.05)
+    gone = [r for r in caplog.records if "went away" in r.getMessage()]
+    assert len(gone) == 1 and gone[0].levelno == logging.INFO and "/big-download" in gone[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+
+
+async def test_proxied_requests_are_access_logged_only_when_asked(aiohttp_client, aiohttp_server, caplog) -> None:
+    """The API's own requests are always access-logged; reverse-proxied ones with server.access_log (or
+    serve --access-log). A claimed Host is proxied whatever the path, even one of the API's."""
+    caplog.set_level(logging.INFO, logger="test.proxy.access")
+    for proxied in (False, True):
+        async def client(app, proxied=proxied):
+            server = TestServer(app)
+            await server.start_server(access_log_class=access_logger(app[SERVICES].config, proxied=proxied),
+                                      access_log=logging.getLogger("test.proxy.access"))
+            return await aiohttp_client(server)
+
+        env = await make_env(client, aiohttp_server)
+        caplog.clear()
+        resp = await env.request("mastodon", "GET", "/api/v1/timelines/public")
+        assert resp.status == 200 and (await resp.json())["path"] == "/api/v1/timelines/public"
+        resp = await env.request("mastodon", "GET", "/healthz")
+        assert (await resp.json())["path"] == "/healthz"  # the backend's, not ours
+        resp = await env.client.get("/healthz")
+        assert resp.status == 200
+        lines: list[str] = []
+        for _ in range(200):
+            lines = [r.getMessage() for r in caplog.records if r.name == "test.proxy.access"]
+            if len(lines) >= (3 if proxied else 1):
+                break
+            await asyncio.sleep(0.05)
+        assert len([line for line in lines if "/timelines/public" in line]) == (1 if proxied else 0), lines
+        assert len([line for line in lines if "/healthz" in line]) == (2 if proxied else 1), lines

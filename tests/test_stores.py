@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 from proxy.stores import AuditRow, DeniedUrl, SqliteStore, SweepMark, VerdictCache
+from proxy.stores.memory import DENIALS_FRESH_S
 from proxy.verdict import Action, DecidedBy
 
 
@@ -30,6 +32,8 @@ async def test_two_caches_on_one_store_share_verdicts_and_denials(tmp_path: Path
         assert found.labels == ("flagged",) and found.scores == {"clip": {"x": 0.3}}
         assert await egress.verdict("a" * 64, "other-policy") is None
         assert await egress.verdict("b" * 64, "p") is None
+        # denials are answered from memory; another process's show within DENIALS_FRESH_S
+        await asyncio.sleep(DENIALS_FRESH_S)
         assert await egress.url_denial("https://x.example/a.jpg") == "reject: flagged"
         assert await egress.url_denial("https://x.example/b.jpg") is None
     finally:

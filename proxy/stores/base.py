@@ -125,6 +125,17 @@ class VerdictStore(BankStore, ABC):
     async def url_denial(self, url: str) -> str | None:
         """Why ``url`` is denied, or None."""
 
+    async def denials_since(self, cursor: int) -> tuple[int, dict[str, str]] | None:
+        """The denials written since ``cursor`` (0: all of them) as ``(new cursor, {url: reason})``, so a
+        cache can hold every denial and answer from memory; None when this store cannot list them (the
+        cache then asks :meth:`url_denial` per URL)."""
+        return None
+
+    async def changed(self) -> bool:
+        """Whether another process may have written since the last call: a cheap check that lets a cache
+        skip :meth:`denials_since` while nothing changed. True when the store cannot tell."""
+        return True
+
     @abstractmethod
     async def model_verdict(self, sha256: str, policy: str, ttl_s: float) -> StoredVerdict | None:
         """The newest model verdict for (sha256, policy) younger than ``ttl_s``, from any process."""

@@ -1,13 +1,18 @@
 """The in-memory cache in front of a :class:`VerdictStore` (or alone, for one-shot commands).
 
-Answers model verdicts and URL denials from memory first and asks the store only on a miss, so another
-process's verdict (``egress`` and ``serve`` share a store) is found too. Verdicts of URLs are kept here
-only: a URL's bytes may change, its sha256 verdict lives on in the store. Sweep marks go straight to the
-store (without one, a sweep keeps no progress).
+Answers model verdicts from memory first and asks the store only on a miss, so another process's
+verdict (``egress`` and ``serve`` share a store) is found too. URL denials are all held in memory when
+the store can list them (SQLite can): every answer comes from memory, and at most every
+:data:`DENIALS_FRESH_S` the cache asks the store, cheaply, whether another process wrote, and then reads
+only the new denials; so a denial written by another process is honoured within that time. Verdicts of
+URLs are kept here only: a URL's bytes may change, its sha256 verdict lives on in the store. A store that
+pushes denials (Postgres: LISTEN/NOTIFY) has them honoured at once. Sweep marks go straight to the store
+(without one, a sweep keeps no progress).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
@@ -15,6 +20,9 @@ from cachetools import TTLCache
 
 from ..verdict import Outcome
 from .base import AuditRow, DeniedUrl, SweepMark, VerdictStore
+
+DENIALS_FRESH_S = 0.25
+"""How stale the in-memory URL denials may be (plus the time of one small query) against other processes."""
 
 
 class VerdictCache:
@@ -26,6 +34,11 @@ class VerdictCache:
         self._urls: TTLCache[tuple[str, str], Outcome] = TTLCache(maxsize=size, ttl=ttl_s)
         self._denials: TTLCache[str, str] = TTLCache(maxsize=size, ttl=ttl_s)
         self._not_before = 0.0
+        self._all_denials: dict[str, str] | None = {} if store is None else None
+        """Every denial, when the store can list them; else None and misses ask the store."""
+        self._denial_cursor = 0
+        self._denials_checked = 0.0
+        self._denials_lock = asyncio.Lock()
 
     async def open(self) -> int:
         """Open the store and warm the cache with its recent model verdicts; how many were loaded."""
@@ -36,6 +49,11 @@ class VerdictCache:
         rows = await self.store.recent_model_verdicts(self.ttl_s, self.size)
         for row in rows:
             self._verdicts[(row.sha256, row.policy)] = row.outcome()
+        await self.store.changed()
+        listed = await self.store.denials_since(0)
+        if listed is not None:
+            self._denial_cursor, self._all_denials = listed
+            self._denials_checked = time.monotonic()
         return len(rows)
 
     async def close(self) -> None:
@@ -76,6 +94,10 @@ class VerdictCache:
         self._urls[(url, policy)] = outcome
 
     async def url_denial(self, url: str) -> str | None:
+        if self._all_denials is not None:
+            if self.store is not None and time.monotonic() - self._denials_checked >= DENIALS_FRESH_S:
+                await self._refresh_denials()
+            return self._all_denials.get(url)
         reason = self._denials.get(url)
         if reason is None and self.store is not None:
             reason = await self.store.url_denial(url)
@@ -86,11 +108,29 @@ class VerdictCache:
     def _heard_denial(self, url: str, reason: str) -> None:
         """Another process denied ``url``: honour it at once, and drop what was cached of it."""
         self._denials[url] = reason
+        if self._all_denials is not None:
+            self._all_denials[url] = reason
         for key in [k for k in self._urls if k[0] == url]:
             self._urls.pop(key, None)
 
+    async def _refresh_denials(self) -> None:
+        """Read the denials other processes wrote since the last look (one caller at a time)."""
+        assert self.store is not None and self._all_denials is not None
+        async with self._denials_lock:
+            if time.monotonic() - self._denials_checked < DENIALS_FRESH_S:
+                return  # another request refreshed while this one waited
+            if await self.store.changed():
+                listed = await self.store.denials_since(self._denial_cursor)
+                if listed is not None:
+                    self._denial_cursor, new = listed
+                    self._all_denials.update(new)
+            self._denials_checked = time.monotonic()
+
     def deny_url(self, denial: DeniedUrl) -> None:
-        self._denials[denial.url] = denial.reason
+        if self._all_denials is not None:
+            self._all_denials[denial.url] = denial.reason
+        else:
+            self._denials[denial.url] = denial.reason
         if self.store is not None:
             self.store.deny_url(denial)
 

@@ -80,6 +80,7 @@ class SqliteStore(SqliteBanks, VerdictStore):
         self._conn: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._on_drop = on_drop
+        self._seen_version: int | None = None
 
     def _open(self) -> None:
         if self.path != ":memory:":
@@ -160,6 +161,23 @@ class SqliteStore(SqliteBanks, VerdictStore):
     async def url_denial(self, url: str) -> str | None:
         rows = await self.query("SELECT reason FROM denied_urls WHERE url = ?", (url,))
         return str(rows[0]["reason"]) if rows else None
+
+    async def denials_since(self, cursor: int) -> tuple[int, dict[str, str]] | None:
+        # INSERT OR REPLACE gives a replaced row a new, higher rowid: the rowid is a cursor over writes
+        rows = await self.query("SELECT rowid AS id, url, reason FROM denied_urls WHERE rowid > ? ORDER BY rowid",
+                                (cursor,))
+        return (int(rows[-1]["id"]) if rows else cursor), {r["url"]: str(r["reason"]) for r in rows}
+
+    def _data_version(self) -> int:
+        assert self._conn is not None
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    async def changed(self) -> bool:
+        # SQLite's data_version changes when another connection (another process) commits; it costs no
+        # disk read in WAL mode
+        version = await asyncio.get_running_loop().run_in_executor(self._executor, self._data_version)
+        seen, self._seen_version = self._seen_version, version
+        return version != seen
 
     async def model_verdict(self, sha256: str, policy: str, ttl_s: float) -> StoredVerdict | None:
         rows = await self.query(
