@@ -133,6 +133,8 @@ class Banks:
         self.index = BankIndex((), DEFAULT_BANKS)
         self.roles: dict[str, BankRole] = dict(DEFAULT_BANKS)
         self._memory: list[BankEntry] = []
+        self._entries: list[BankEntry] = []
+        """Every entry the index was built from (so an addition extends it without reading the store)."""
         self._version: int | None = None
         self._checked = 0.0
         self._reloading = asyncio.Lock()
@@ -167,7 +169,7 @@ class Banks:
             entries = await self.store.bank_entries()
         before = self.index.allow_signature()
         index = await asyncio.to_thread(BankIndex, entries, roles)  # 100,000 entries: ~150 ms, beside the loop
-        self.roles, self.index = roles, index
+        self.roles, self.index, self._entries = roles, index, list(entries)
         self._checked = time.monotonic()
         if self.index.allow_signature() != before and self.on_allow_change is not None:
             self.on_allow_change()
@@ -215,8 +217,23 @@ class Banks:
             self._memory += new
             added = len(new)
         if added:
-            await self.reload()
+            await self._extend(entries)
         return added
+
+    async def _extend(self, entries: list[BankEntry]) -> None:
+        """Add our own new entries to the index without reading every bank back from the store (a refusal
+        must not cost a full reload as the own bank grows)."""
+        async with self._reloading:
+            known = {(e.bank, e.kind, e.value) for e in self._entries}
+            new = [e for e in entries if (e.bank, e.kind, e.value) not in known]
+            before = self.index.allow_signature()
+            grown = self._entries + new
+            self.index = await asyncio.to_thread(BankIndex, grown, self.roles)
+            self._entries = grown
+            if self.store is not None:
+                self._version = await self.store.banks_version()  # our own write: nothing to reload for it
+            if self.index.allow_signature() != before and self.on_allow_change is not None:
+                self.on_allow_change()
 
     async def remove(self, bank: str, *, kind: str | None = None, value: str | None = None, sha256: str | None = None) -> int:
         if self.store is not None:

@@ -69,6 +69,12 @@ class Listen:
         return f"{self.host}:{self.port}"
 
 
+def _lower_hosts(value: Any, path: str, ctx: Context) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of host names")
+    return tuple(v.strip().lower().strip("[]") for v in value)
+
+
 def _optional_listen(value: Any, path: str, ctx: Context) -> Listen | None:
     return None if value == "" else Listen.parse(value)
 
@@ -108,6 +114,10 @@ class ServerConfig:
                                      "waits within the policy timeout, then gets on_error", check=positive)
     body_timeout_ms: int = option(60_000, "a body held for judging must arrive within this (nginx buffers bodies, "
                                   "so slow senders wait there); past it: 408", check=positive)
+    api_hosts: tuple[str, ...] = option(("localhost", "127.0.0.1", "::1", "fedi-filter"),
+                                        "Host names the API, /metrics and /admin/ answer on (others: 421); "
+                                        "add the name backends and workers use; \"*\": every unclaimed host",
+                                        parse=_lower_hosts)
     access_log: bool = option(False, "also access-log reverse-proxied requests (the API's own are always logged)")
 
     @property
@@ -557,14 +567,31 @@ class Config:
     def instance_named(self, name: str) -> Instance | None:
         return next((i for i in self.instances if i.name == name), None)
 
+    def serves_api(self, host: str | None) -> bool:
+        """Whether ``host`` (port stripped) may reach the API, /metrics and /admin/: ``server.api_hosts``
+        lists them; ``*`` allows every host no instance claims."""
+        hosts = self.server.api_hosts
+        if "*" in hosts:
+            return True
+        bare = _bare_host(host or "")
+        return bare in hosts
+
     def instance_claiming(self, host: str | None) -> Instance | None:
         """The instance whose ``hosts`` list ``host`` (port stripped): its traffic is reverse-proxied."""
         if host:
-            bare = (host.rsplit(":", 1)[0] if not host.endswith("]") else host).lower()
+            bare = _bare_host(host)
             for inst in self.instances:
                 if bare in inst.hosts:
                     return inst
         return None
+
+
+def _bare_host(host: str) -> str:
+    """A Host header without its port, lower case, IPv6 brackets dropped."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 # --- reading files ---------------------------------------------------------------------------------

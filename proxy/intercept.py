@@ -120,6 +120,10 @@ class BodyTimeout(Exception):
     """The body did not arrive within ``server.body_timeout_ms``."""
 
 
+CONTEXT = web.AppKey("context", Context)
+"""The reverse proxy's context on the serve app."""
+
+
 @asynccontextmanager
 async def held_body(ctx: Context, request: web.Request, deadline: float, head: bytes = b"") -> AsyncIterator[bytes]:
     """The whole body (``head`` already read). Its bytes are taken from the byte budget as they arrive,
@@ -155,6 +159,28 @@ async def held_body(ctx: Context, request: web.Request, deadline: float, head: b
     finally:
         if taken:
             await ctx.budget.release(taken)
+
+
+@asynccontextmanager
+async def judgeable_body(ctx: Context, request: web.Request, instance: Instance) -> AsyncIterator[bytes]:
+    """A body the API judges as it is (validation, the detector API): held against the byte budget like
+    the proxy's, its Content-Encoding undone in a worker thread with the worst-case decoded size budgeted.
+    Raises BodyTooLarge, BodyTimeout, OverBudget, Unreadable."""
+    limit = ctx.config.server.max_body_bytes
+    deadline = _deadline(instance)
+    async with held_body(ctx, request, deadline) as body:
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        extra = limit if encoding not in ("", "identity") else 0
+        if extra:
+            await ctx.budget.acquire(extra, deadline)
+        try:
+            if extra or len(body) > INLINE_BYTES:
+                yield await asyncio.to_thread(decode_content, body, encoding, limit)
+            else:
+                yield body
+        finally:
+            if extra:
+                await ctx.budget.release(extra)
 
 
 def content_type_header(request: web.Request) -> str:

@@ -30,8 +30,8 @@ from aiohttp import web
 
 from .app import SERVICES
 from .config import Config, DetectorClass, Instance, NativeApisConfig
-from .content import Unreadable, decode_content
-from .intercept import BodyTooLarge, read_body
+from .content import Unreadable
+from .intercept import CONTEXT, BodyTooLarge, judgeable_body
 from .multipart import MultipartError, parse
 from .verdict import Verdict
 
@@ -89,13 +89,19 @@ async def detect_images(request: web.Request) -> web.Response:
         scheme, _, token = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), native.detector_api_key.encode()):
             return detector_error(401, "AUTHENTICATION_REQUIRED", "missing or invalid bearer token")
-    limit = config.server.max_body_bytes
+    instance = instance_for(config, request.match_info.get("head", ""), DETECTOR_KINDS)
     try:
-        body = decode_content(await read_body(request, limit), request.headers.get("Content-Encoding"), limit)
+        async with judgeable_body(request.app[CONTEXT], request, instance) as body:
+            return await _detect(request, body, instance)
     except BodyTooLarge as exc:
         return detector_error(413, "REQUEST_TOO_LARGE", str(exc))
     except Unreadable as exc:
         return detector_error(400, "INVALID_REQUEST", str(exc))
+
+
+async def _detect(request: web.Request, body: bytes, instance: Instance) -> web.Response:
+    services = request.app[SERVICES]
+    native = services.config.native_apis
     content_type = request.headers.get("Content-Type", "")
     if content_type.split(";", 1)[0].strip().lower() != "multipart/form-data":
         return detector_error(415, "UNSUPPORTED_MEDIA_TYPE", "content-type must be multipart/form-data")
@@ -108,7 +114,6 @@ async def detect_images(request: web.Request) -> web.Response:
     if len(form.parts) > native.detector_max_parts:
         return detector_error(413, "REQUEST_TOO_LARGE",
                               f"too many parts: {len(form.parts)} exceeds limit of {native.detector_max_parts}")
-    instance = instance_for(config, request.match_info.get("head", ""), DETECTOR_KINDS)
 
     async def one(index: int) -> dict[str, Any]:
         part = form.parts[index]

@@ -31,8 +31,8 @@ from classifier import ClassifierNotReady, Overloaded, Scorer, Signal
 
 from .config import Config, Instance, Policy
 from .fetch import Fetcher, FetchError
-from .banks import BankRole, Banks
-from .hashing import HASH_KINDS, pdq_frames
+from .banks import BankIndex, BankRole, Banks
+from .hashing import HASH_KINDS, HashList, pdq_frames
 from .media import Decoded, MediaError, decode, sniff
 from .metrics import Metrics
 from .stores import AuditRow, DeniedUrl, VerdictCache
@@ -174,6 +174,8 @@ class Pipeline:
         frames = decoded.pdq if decoded is not None else ()
         mime = decoded.mime if decoded is not None else None
         for refuse, listing, role in ((True, policy.deny, BankRole.DENY), (False, policy.allow, BankRole.ALLOW)):
+            if decoded is not None and not refuse and not _wholly_allowed(decoded, listing, index, policy.pdq_distance):
+                continue  # a near copy is allowed only when every picture in it is, and nothing hides in tiles
             hit = listing.match(digests) if decoded is None else listing.match_pdq(frames, policy.pdq_distance)
             if hit:
                 self.metrics.list_hits.labels(str(role)).inc()
@@ -187,8 +189,9 @@ class Pipeline:
                 return Outcome(action, DecidedBy.BANK, labels=bank.labels if refuse else (), detail=bank.detail, mime=mime)
         if decoded is None:
             return None
+        # the own bank learns from anyone's uploads: its near matches are held to re-encodes and resizes
         bank = (index.match_exact(BankRole.KNOWN, digests)
-                or index.match_pdq(BankRole.KNOWN, frames, policy.pdq_distance))
+                or index.match_pdq(BankRole.KNOWN, frames, min(policy.pdq_distance, KNOWN_PDQ_DISTANCE)))
         if bank is None:
             return None
         # a refused file's labels come with it: the policy's action for them, unless it now accepts them all
@@ -348,11 +351,28 @@ class Pipeline:
 
 
 def _refused_views(decoded: Decoded, refusing: list[int]) -> tuple[list[Image.Image], list[str]]:
-    """The whole views behind the refused ones: a refused tile stands for the frame it was cut from."""
+    """The whole views that were themselves refused. Never the frame around a refused tile: a small
+    flagged insert would teach the bank the PDQ of the benign picture around it."""
     views = decoded.views or [str(i) for i in range(len(decoded.frames))]
-    wanted = {views[i].split(" tile ", 1)[0] for i in refusing if i < len(views)}
-    picked = [i for i, v in enumerate(views) if v in wanted]
+    picked = [i for i in refusing if i < len(views) and " tile " not in views[i]]
     return [decoded.frames[i] for i in picked], [views[i] for i in picked]
+
+
+KNOWN_PDQ_DISTANCE = 16
+"""Near matches against the own bank (learned from uploads, so an attacker can put entries there): at most
+this far, enough for re-encodes and resizes (6-14 bits measured on the test photos) and short of most
+pictures with an insert (12-94 bits)."""
+
+
+def _wholly_allowed(decoded: Decoded, listing: HashList, index: BankIndex, distance: int) -> bool:
+    """Whether a PDQ allow may decide for the whole file: every whole view is near an allowed picture
+    (one allowed frame must not carry another frame through) and no view was tiled (a small flagged insert
+    in a large picture leaves the whole picture's PDQ near the allowed one)."""
+    views = decoded.views or []
+    if not decoded.pdq or any(" tile " in v for v in views) or not all(h.usable for h in decoded.pdq):
+        return False
+    return all(listing.match_pdq([h], distance) or index.match_pdq(BankRole.ALLOW, [h], distance) is not None
+               for h in decoded.pdq)
 
 
 class _DecodeWait(Exception):

@@ -19,8 +19,18 @@ from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 from .admission import ByteBudget
 from .app import SERVICES, Services, add_health_routes, build_services
 from .config import Config, Instance
-from .content import Unreadable, decode_content
-from .intercept import RETRY_AFTER_S, ROUTE_LABEL, BodyTooLarge, Context, handle, read_body
+from .content import Unreadable
+from .admission import OverBudget
+from .intercept import (
+    CONTEXT,
+    RETRY_AFTER_S,
+    ROUTE_LABEL,
+    BodyTimeout,
+    BodyTooLarge,
+    Context,
+    handle,
+    judgeable_body,
+)
 from .native import add_native_routes
 from .passthrough import Forwarder
 from .review import add_review_routes
@@ -28,7 +38,6 @@ from .verdict import Verdict
 
 log = logging.getLogger(__name__)
 
-CONTEXT = web.AppKey("context", Context)
 INSTANCE = web.RequestKey("ffp_instance", Instance)
 """The instance whose Host a reverse-proxied request named (set by :class:`HostFirstRouter`)."""
 
@@ -61,15 +70,10 @@ def validation_response(verdict: Verdict, instance: Instance) -> web.Response:
 
 
 async def judge_body(request: web.Request, source: str) -> tuple[Verdict, Instance]:
+    """Judge the request body as it is (held against the byte budget while judged)."""
     instance = pick_instance(request)
-    services = request.app[SERVICES]
-    limit = services.config.server.max_body_bytes
-    data = await read_body(request, limit)
-    try:
-        data = decode_content(data, request.headers.get("Content-Encoding"), limit)
-    except Unreadable as exc:
-        raise web.HTTPBadRequest(text=json.dumps({"error": str(exc), "msg": str(exc)}), content_type="application/json") from None
-    verdict = await services.pipeline.judge(data, instance, source)
+    async with judgeable_body(request.app[CONTEXT], request, instance) as data:
+        verdict = await request.app[SERVICES].pipeline.judge(data, instance, source)
     return verdict, instance
 
 
@@ -115,6 +119,14 @@ async def reverse_proxy(request: web.Request) -> web.StreamResponse:
     return await handle(request.app[CONTEXT], request, request[INSTANCE])
 
 
+async def misdirected(request: web.Request) -> web.StreamResponse:
+    """A Host neither claimed by an instance nor one of ``server.api_hosts``: never the API or /admin/
+    (a default nginx server block would otherwise hand any public Host to them)."""
+    log.info("%s %s for host %r: not an instance's host nor in server.api_hosts: 421", request.method,
+             request.path, request.host)
+    return json_error(421, f"host {request.host!r} is neither an instance's nor in server.api_hosts")
+
+
 class HostFirstRouter(web.UrlDispatcher):
     """Looks at the Host before the path: requests for a Host an instance claims all go to
     :func:`reverse_proxy` (no path lookup, no 404 built and thrown away per proxied request); any other
@@ -124,10 +136,13 @@ class HostFirstRouter(web.UrlDispatcher):
         super().__init__()
         self._config = config
         self._proxied = web.ResourceRoute("*", reverse_proxy, web.PlainResource("/", name=None))
+        self._misdirected = web.ResourceRoute("*", misdirected, web.PlainResource("/", name=None))
 
     async def resolve(self, request: web.Request) -> web.UrlMappingMatchInfo:
         instance = self._config.instance_claiming(request.host)
         if instance is None:
+            if not self._config.serves_api(request.host):
+                return UrlMappingMatchInfo({}, self._misdirected)
             return await super().resolve(request)
         request[INSTANCE] = instance
         return UrlMappingMatchInfo({}, self._proxied)
@@ -166,6 +181,15 @@ async def errors_and_counts(request: web.Request, handler: Handler) -> web.Strea
         log.warning("%s %s from %s: %s", request.method, request.path, request.remote, exc)
         metrics.invalid.labels("too_large").inc()
         response = json_error(413, str(exc))
+    except BodyTimeout as exc:
+        response = json_error(408, str(exc))
+    except OverBudget as exc:
+        metrics.overload.labels("inflight_bytes").inc()
+        log.warning("%s %s: over the in-flight byte budget (%s)", request.method, request.path, exc)
+        response = json_error(503, f"too many bodies in flight, try again later ({exc})")
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    except Unreadable as exc:
+        response = json_error(exc.status, str(exc))
     except web.HTTPException as exc:
         response = exc
     resource = request.match_info.route.resource

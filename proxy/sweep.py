@@ -144,6 +144,8 @@ class DirSource(Source):
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root} is not a directory")
         batch: list[Entry] = []
+        if any(self.root == ex or ex in self.root.parents for ex in self.exclude):
+            return  # the quarantine itself (or a folder inside it): never swept, never deleted from
         for dirpath, dirnames, filenames in os.walk(self.root):
             here = Path(dirpath)
             dirnames[:] = sorted(d for d in dirnames if (here / d).resolve() not in self.exclude)
@@ -190,9 +192,15 @@ def s3_client(endpoint_url: str | None, pool: int) -> Any:
 class S3Source(Source):
     """Objects under ``s3://bucket/prefix`` (AWS, MinIO, R2, ... through ``endpoint_url``)."""
 
-    def __init__(self, url: str, client: Any, endpoint_url: str | None) -> None:
+    def __init__(self, url: str, client: Any, endpoint_url: str | None, exclude: str | None = None) -> None:
         self.bucket, self.prefix = parse_s3_url(url)
         self.client = client
+        self.exclude: str | None = None
+        """A key prefix in this bucket never listed: the quarantine, when it lies inside the swept prefix."""
+        if exclude is not None:
+            bucket, prefix = parse_s3_url(exclude)
+            if bucket == self.bucket:
+                self.exclude = prefix.rstrip("/") + "/" if prefix else ""
         self.id = (f"{endpoint_url.rstrip('/')} " if endpoint_url else "") + f"s3://{self.bucket}/{self.prefix}"
 
     def batches(self, since: float | None) -> Iterator[list[Entry]]:
@@ -204,6 +212,8 @@ class S3Source(Source):
             for obj in page.get("Contents", ()):
                 mtime = obj["LastModified"].timestamp()
                 if obj["Key"].endswith("/") or (since is not None and mtime < since):
+                    continue
+                if self.exclude is not None and obj["Key"].startswith(self.exclude):
                     continue
                 batch.append(Entry(obj["Key"], int(obj["Size"]), obj["ETag"].strip('"'), mtime))
             if batch:
@@ -667,7 +677,8 @@ async def command(args: Any) -> int:
     for src in args.sources:
         try:
             if src.startswith("s3://"):
-                s3 = S3Source(src, client, args.endpoint_url)
+                s3 = S3Source(src, client, args.endpoint_url,
+                              destination if destination and destination.startswith("s3://") else None)
                 await asyncio.to_thread(client.head_bucket, Bucket=s3.bucket)
                 sources.append(s3)
             elif await asyncio.to_thread(os.path.isdir, src):

@@ -125,6 +125,8 @@ class WorkerHub:
             await ws.close(code=REFUSED, message=b"bad hello")
             return ws
         reason = self.pool.requirements.check(sources)
+        if digest not in self._digests:  # revoked (SIGHUP) while this connection waited for its hello
+            reason = "its token was revoked"
         if reason is not None:
             log.error("worker %s from %s refused: %s", name, request.remote, reason)
             await ws.send_json({"type": "refused", "reason": reason, "retry_s": 2 if self.pool.requirements.waiting_for_local else 30})

@@ -247,3 +247,33 @@ def test_hma_csv_reads_threatexchange_rows_and_names() -> None:
         import_hma("abc,1\n", "te", "pdq")
     with pytest.raises(ValueError, match="line 2: 'xyz' is not a valid pdq hash"):
         import_hma(row + "xyz,1,1,2020-07-31T18:47:52+0000,\n", "te", "pdq")
+
+
+async def test_learning_extends_the_index_without_reading_every_bank_back(tmp_path: Path) -> None:
+    """A refusal adds its hashes to the index in memory; the store is not read back whole for it (at
+    100,000 own-bank entries that read cost about a second per refusal)."""
+    from proxy.hashing import pdq_of
+    from tests.support.photos import photo_image
+
+    class CountingStore(SqliteStore):
+        reads = 0
+
+        async def bank_entries(self, bank: str | None = None) -> list[BankEntry]:
+            CountingStore.reads += 1
+            return await super().bank_entries(bank)
+
+    store = CountingStore(str(tmp_path / "a.sqlite3"))
+    await store.open()
+    try:
+        banks = Banks(store)
+        await banks.open()
+        reads = CountingStore.reads
+        h = pdq_of(photo_image("astronaut"))
+        assert await banks.learn("a" * 64, [h], ("portrait",)) == 2
+        assert CountingStore.reads == reads
+        assert banks.index.match_pdq(BankRole.KNOWN, [h]) is not None
+        assert banks.index.match_exact(BankRole.KNOWN, {"sha256": "a" * 64}) is not None
+        await banks.maybe_reload()  # our own write is no news: no reload
+        assert CountingStore.reads == reads
+    finally:
+        await store.close()
