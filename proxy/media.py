@@ -148,7 +148,7 @@ def _is_mp3_frame(data: bytes) -> bool:
 
 
 def _ftyp_image(data: bytes) -> str | None:
-    major = data[8:12]
+    major = bytes(data[8:12])
     box = int.from_bytes(data[:4], "big")
     compatible = [data[i : i + 4] for i in range(16, min(box, 64, len(data)) - 3, 4)]
     if major in (b"mif1", b"msf1") and any(b in (b"avif", b"avis") for b in compatible):
