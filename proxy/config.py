@@ -114,6 +114,8 @@ class ServerConfig:
                                      "waits within the policy timeout, then gets on_error", check=positive)
     body_timeout_ms: int = option(60_000, "a body held for judging must arrive within this (nginx buffers bodies, "
                                   "so slow senders wait there); past it: 408", check=positive)
+    body_idle_ms: int = option(5_000, "a held body whose sender stalls this long is cut (408), freeing its share "
+                               "of max_inflight_bytes", check=positive)
     api_hosts: tuple[str, ...] = option(("localhost", "127.0.0.1", "::1", "fedi-filter"),
                                         "Host names the API, /metrics and /admin/ answer on (others: 421); "
                                         "add the name backends and workers use; \"*\": every unclaimed host",

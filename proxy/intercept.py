@@ -126,31 +126,49 @@ CONTEXT = web.AppKey("context", Context)
 
 @asynccontextmanager
 async def held_body(ctx: Context, request: web.Request, deadline: float, head: bytes = b"") -> AsyncIterator[bytes]:
-    """The whole body (``head`` already read). Its bytes are taken from the byte budget as they arrive,
-    never on what the client announces, so an idle sender holds only what it sent, and only until
-    ``server.body_timeout_ms``. Raises BodyTooLarge past ``server.max_body_bytes``, OverBudget when no
-    room comes before ``deadline`` (with ``exc.read``: the bytes read so far), BodyTimeout."""
-    limit = ctx.config.server.max_body_bytes
+    """The whole body (``head`` already read), its bytes taken from the byte budget: an announced
+    ``Content-Length`` is taken whole before reading (so bodies admitted together can all finish: taking
+    bytes as they arrive would let every body hold a part and wait forever for the rest), a chunked body
+    as its bytes arrive. A sender that stalls for ``server.body_idle_ms`` or takes longer than
+    ``server.body_timeout_ms`` is cut (408), so idle connections cannot hold the budget. Raises
+    BodyTooLarge past ``server.max_body_bytes``, OverBudget when no room comes before ``deadline`` (with
+    ``exc.read``: the bytes read so far), BodyTimeout."""
+    server = ctx.config.server
+    limit = server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(limit)
     buf = bytearray()
     taken = 0
     try:
+        if request.content_length is not None:
+            await ctx.budget.acquire(request.content_length, deadline)
+            taken = request.content_length
+            try:
+                async with asyncio.timeout(server.body_timeout_ms / 1000):
+                    announced = await _read_announced(request, head, taken, server.body_idle_ms / 1000)
+            except TimeoutError:
+                raise BodyTimeout(f"the body did not arrive within {server.body_timeout_ms} ms") from None
+            yield announced  # outside the timeout: judging and forwarding have budgets of their own
+            return
         try:
-            async with asyncio.timeout(ctx.config.server.body_timeout_ms / 1000):
+            async with asyncio.timeout(server.body_timeout_ms / 1000):
                 chunk = head
                 while True:
                     if chunk:
                         if len(buf) + len(chunk) > limit:
                             raise BodyTooLarge(limit)
-                        try:
-                            await ctx.budget.acquire(len(chunk), deadline)
-                        except OverBudget as exc:
-                            exc.read = bytes(buf) + chunk
-                            raise
-                        taken += len(chunk)
+                        if len(buf) + len(chunk) > taken:
+                            try:
+                                await ctx.budget.acquire(len(buf) + len(chunk) - taken, deadline)
+                            except OverBudget as exc:
+                                exc.read = bytes(buf) + chunk
+                                raise
+                            taken = len(buf) + len(chunk)
                         buf += chunk  # grows in place (large buffers are remapped, not copied)
-                    chunk = await request.content.readany()
+                    try:
+                        chunk = await asyncio.wait_for(request.content.readany(), server.body_idle_ms / 1000)
+                    except TimeoutError:
+                        raise BodyTimeout(f"no bytes of the body for {server.body_idle_ms} ms") from None
                     if not chunk:
                         break
         except TimeoutError:
@@ -193,6 +211,26 @@ def media_type(request: web.Request) -> str:
     """The Content-Type's media type as the strictest backend reads it; "" when there is none (aiohttp's
     ``content_type`` would say application/octet-stream, but Rack reads a body without one as a form)."""
     return media_type_of(content_type_header(request))
+
+
+async def _read_announced(request: web.Request, head: bytes, size: int, idle_s: float) -> bytes:
+    """A body of announced ``size`` in one buffer filled in place (no growing, no chunk list joined into a
+    second copy): it costs its size once, which is what the byte budget took."""
+    buf = bytearray(size)
+    buf[: len(head)] = head
+    pos = len(head)
+    while pos < size:
+        try:
+            chunk = await asyncio.wait_for(request.content.readany(), idle_s)
+        except TimeoutError:
+            raise BodyTimeout(f"no bytes of the body for {idle_s * 1000:.0f} ms") from None
+        if not chunk:
+            raise web.HTTPBadRequest(text="body shorter than its Content-Length")
+        if pos + len(chunk) > size:
+            raise web.HTTPBadRequest(text="body longer than its Content-Length")
+        buf[pos : pos + len(chunk)] = chunk
+        pos += len(chunk)
+    return buf  # type: ignore[return-value]  # a bytearray serves every reader of the body as bytes
 
 
 def unavailable(instance: Instance, verdict: Verdict, route: Route | None = None) -> web.Response:

@@ -169,7 +169,7 @@ async def _stall(port: int, host: str, length: int) -> asyncio.StreamWriter:
 
 
 async def test_stalled_bodies_hold_the_budget_and_inbox_typed_uploads_pass_unread(aiohttp_client, aiohttp_server) -> None:
-    env = await make_env(aiohttp_client, aiohttp_server)
+    env = await make_env(aiohttp_client, aiohttp_server, server={"body_idle_ms": 1000})
     from proxy.server import CONTEXT
 
     budget = env.client.app[CONTEXT].budget
@@ -346,7 +346,7 @@ async def test_stalled_bodies_do_not_starve_benign_uploads(aiohttp_client, aioht
     from proxy.server import CONTEXT
     from tests.support.servers import multipart
 
-    env = await make_env(aiohttp_client, aiohttp_server)
+    env = await make_env(aiohttp_client, aiohttp_server, server={"body_idle_ms": 1000})
     budget = env.client.app[CONTEXT].budget
     limit = env.services.config.server.max_body_bytes
     sizes = [limit] * (budget.limit // limit) + ([budget.limit % limit] if budget.limit % limit else [])

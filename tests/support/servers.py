@@ -87,7 +87,8 @@ class Env:
 
 
 async def make_env(aiohttp_client: Client, aiohttp_server: Any, *, inbox: str = "reject", strip_uploads: bool = False,
-                   prefetch: bool = True, mastodon_host: str = "masto.test", **policy_overrides: Any) -> Env:
+                   prefetch: bool = True, mastodon_host: str = "masto.test", server: dict[str, Any] | None = None,
+                   **policy_overrides: Any) -> Env:
     backend = Backend()
     backend_server = await aiohttp_server(backend.app())
     media = await aiohttp_server(media_app())
@@ -100,7 +101,8 @@ async def make_env(aiohttp_client: Client, aiohttp_server: Any, *, inbox: str = 
         pol["actions"]["portrait"] = "strip"
     instances = [{"name": kind, "kind": kind, "hosts": [host if kind != "mastodon" else mastodon_host], "upstream": upstream,
                   "policy": "main"} for kind, host in HOSTS.items()]
-    cfg = make_config(pol, fetch={"allow_networks": ["127.0.0.1/32"], "timeout_ms": 3000}, instances=instances)
+    cfg = make_config(pol, fetch={"allow_networks": ["127.0.0.1/32"], "timeout_ms": 3000}, instances=instances,
+                      **({"server": server} if server else {}))
     client = await start(aiohttp_client, cfg)
     return Env(client, backend, media)
 
