@@ -15,20 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
-import yaml
 from aiohttp import web
 
-from bench.common import free_port, machine, rss_kb
+from bench.common import free_port, machine, rss_kb, serve_process, start_app
 from tests.support.configs import FACES
 from tests.support.photos import photo
 
@@ -65,10 +61,7 @@ async def main() -> None:
     ap.add_argument("--inflight-mb", type=int, default=256)
     args = ap.parse_args()
 
-    runner = web.AppRunner(backend_app(), access_log=None)
-    await runner.setup()
-    bport = free_port()
-    await web.TCPSite(runner, "127.0.0.1", bport).start()
+    runner, bport = await start_app(backend_app())
     pport = free_port()
     cfg = {
         "server": {"listen": f"127.0.0.1:{pport}", "audit_db": "", "max_body_bytes": (args.mb + 1) << 20,
@@ -78,21 +71,10 @@ async def main() -> None:
         "instances": [{"name": "social", "kind": "mastodon", "hosts": ["social.test"],
                        "upstream": f"http://127.0.0.1:{bport}", "policy": "p"}],
     }
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-        yaml.safe_dump(cfg, fh)
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--log-level", "warning", "serve", "--config", fh.name], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     data, ctype = body(args.mb)
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.uploads)) as session:
-            for _ in range(300):
-                try:
-                    async with session.get(f"http://127.0.0.1:{pport}/healthz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
+        async with serve_process(cfg) as proc, \
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.uploads)) as session:
             url = f"http://127.0.0.1:{pport}/api/v2/media"
             headers = {"Host": "social.test", "Content-Type": ctype}
             async with session.post(url, data=data, headers=headers) as r:  # warm-up: one judged upload
@@ -121,9 +103,6 @@ async def main() -> None:
                   f"growth {(max(peak, hwm) - idle) / 1024:.0f} MiB against a bound of "
                   f"{args.inflight_mb + 300} MiB (max_inflight_bytes + 300 MiB)")
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        os.unlink(fh.name)
         await runner.cleanup()
 
 

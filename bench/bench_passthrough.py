@@ -13,20 +13,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
-import yaml
 from aiohttp import web
 
-from bench.common import free_port, machine, pct, rss_kb
+from bench.common import free_port, machine, pct, rss_kb, serve_process, start_app
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = bytes(range(256)) * 4096  # 1 MiB
@@ -91,10 +87,7 @@ async def main() -> None:
     ap.add_argument("--huge-mb", type=int, default=1024)
     args = ap.parse_args()
 
-    runner = web.AppRunner(backend_app(), access_log=None)
-    await runner.setup()
-    bport = free_port()
-    await web.TCPSite(runner, "127.0.0.1", bport).start()
+    runner, bport = await start_app(backend_app())
     pport = free_port()
     cfg = {
         "server": {"listen": f"127.0.0.1:{pport}", "audit_db": ""},
@@ -103,20 +96,9 @@ async def main() -> None:
         "instances": [{"name": "social", "kind": "mastodon", "hosts": ["social.test"],
                        "upstream": f"http://127.0.0.1:{bport}", "policy": "p"}],
     }
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-        yaml.safe_dump(cfg, fh)
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--log-level", "warning", "serve", "--config", fh.name], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency)) as session:
-            for _ in range(300):
-                try:
-                    async with session.get(f"http://127.0.0.1:{pport}/healthz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
+        async with serve_process(cfg) as proc, \
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency)) as session:
             print(f"machine: {machine()}")
             direct = (f"http://127.0.0.1:{bport}", {})
             proxied = (f"http://127.0.0.1:{pport}", {"Host": "social.test"})
@@ -147,9 +129,6 @@ async def main() -> None:
                   f"{peak / 1024:.0f} MiB peak while streaming, {after['VmRSS'] / 1024:.0f} MiB after "
                   f"(growth {(peak - before['VmRSS']) / 1024:.1f} MiB)")
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        os.unlink(fh.name)
         await runner.cleanup()
 
 

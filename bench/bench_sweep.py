@@ -28,9 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 import yaml
-from aiohttp import web
 
-from bench.common import PHOTOS, machine, peak_rss_mb, photo_image
+from bench.common import PHOTOS, machine, peak_rss_mb, photo_image, start_app
 from proxy.app import SERVICES, build_services
 from proxy.config import parse_config
 from proxy.server import build_app
@@ -67,11 +66,7 @@ def load(config_path: str, audit_db: str) -> dict:
 
 async def bench_validate(raw: dict, files: list[Path], concurrency: int) -> float:
     app = build_app(parse_config(raw))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await start_app(app)
     await app[SERVICES].scorer.wait_ready()
     url = f"http://127.0.0.1:{port}/api/v1/validate"
     sem = asyncio.Semaphore(concurrency)

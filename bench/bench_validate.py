@@ -20,9 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 import yaml
-from aiohttp import web
 
-from bench.common import PHOTOS, machine, pct, peak_rss_mb, photo_image
+from bench.common import PHOTOS, machine, pct, peak_rss_mb, photo_image, start_app
 from proxy.config import parse_config
 from proxy.app import SERVICES
 from proxy.server import build_app
@@ -60,11 +59,7 @@ CLIP_POLICY = {
 
 async def run(args: argparse.Namespace, raw_config: dict, label: str) -> None:
     app = build_app(parse_config(raw_config))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await start_app(app)
     await app[SERVICES].scorer.wait_ready()
     url = f"http://127.0.0.1:{port}/api/v1/validate"
     bodies = unique_jpegs(args.requests)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import resource
 import socket
 import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
 
 from tests.support.photos import CORPUS, photo_image  # noqa: F401  (re-exported for the scripts)
 
@@ -45,3 +56,40 @@ def rss_kb(pid: int) -> dict[str, int]:
             key, value = line.split(":")
             out[key] = int(value.split()[0])
     return out
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def start_app(app: web.Application) -> tuple[web.AppRunner, int]:
+    """An aiohttp app on a free loopback port (a backend, or serve in this process); cleanup() the runner."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
+@asynccontextmanager
+async def serve_process(config: dict[str, Any]) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """`fedi-filter serve` as a process of its own (so its memory is measured alone) with ``config``,
+    yielded once /healthz answers 200 on its listen address."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        yaml.safe_dump(config, fh)
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--log-level", "warning", "serve", "--config", fh.name],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                try:
+                    async with session.get(f"http://{config['server']['listen']}/healthz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        os.unlink(fh.name)
