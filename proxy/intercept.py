@@ -92,9 +92,12 @@ class Context:
     pipeline: Pipeline
     forwarder: Forwarder
     metrics: Metrics
-    budget: ByteBudget = field(default_factory=lambda: ByteBudget(256 * 1024 * 1024))
+    budget: ByteBudget = field(init=False)
     """Bytes of request bodies held at once (``server.max_inflight_bytes``)."""
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.budget = ByteBudget(self.config.server.max_inflight_bytes)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a judgement past the request that started it; the reference is kept until it ends."""

@@ -16,7 +16,6 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_urldispatcher import UrlMappingMatchInfo
 
-from .admission import ByteBudget
 from .app import SERVICES, Services, add_health_routes, build_services
 from .config import Config, Instance
 from .content import Unreadable
@@ -222,8 +221,7 @@ def build_app(config: Config, services: Services | None = None) -> web.Applicati
         app = web.Application(router=HostFirstRouter(config), middlewares=[errors_and_counts],
                               client_max_size=config.server.max_body_bytes, handler_args={"auto_decompress": False})
     app[SERVICES] = services
-    app[CONTEXT] = Context(config, services.pipeline, Forwarder(), services.metrics,
-                           budget=ByteBudget(config.server.max_inflight_bytes))
+    app[CONTEXT] = Context(config, services.pipeline, Forwarder(), services.metrics)
     app.cleanup_ctx.append(_lifetime)
     app.router.add_post("/api/v1/validate", validate)
     app.router.add_post("/api/v1/scan", scan)
