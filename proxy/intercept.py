@@ -189,19 +189,28 @@ async def judgeable_body(ctx: Context, request: web.Request, instance: Instance)
     Raises BodyTooLarge, BodyTimeout, OverBudget, Unreadable."""
     limit = ctx.config.server.max_body_bytes
     deadline = _deadline(instance)
-    async with held_body(ctx, request, deadline) as body:
-        encoding = request.headers.get("Content-Encoding", "").strip().lower()
-        extra = limit if encoding not in ("", "identity") else 0
+    async with held_body(ctx, request, deadline) as body, decoding_room(ctx, request, deadline) as encoding:
+        if encoding or len(body) > INLINE_BYTES:
+            yield await asyncio.to_thread(decode_content, body, encoding, limit)
+        else:
+            yield body
+
+
+@asynccontextmanager
+async def decoding_room(ctx: Context, request: web.Request, deadline: float) -> AsyncIterator[str]:
+    """Room in the byte budget for decoding the body: a Content-Encoding may inflate it up to
+    ``server.max_body_bytes``, so that worst case is taken while the decoded body may be held. Yields the
+    encoding ("" for none); raises OverBudget."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    encoding = "" if encoding == "identity" else encoding
+    extra = ctx.config.server.max_body_bytes if encoding else 0
+    if extra:
+        await ctx.budget.acquire(extra, deadline)
+    try:
+        yield encoding
+    finally:
         if extra:
-            await ctx.budget.acquire(extra, deadline)
-        try:
-            if extra or len(body) > INLINE_BYTES:
-                yield await asyncio.to_thread(decode_content, body, encoding, limit)
-            else:
-                yield body
-        finally:
-            if extra:
-                await ctx.budget.release(extra)
+            await ctx.budget.release(extra)
 
 
 def content_type_header(request: web.Request) -> str:
@@ -288,24 +297,16 @@ async def gate(ctx: Context, request: web.Request, instance: Instance, route: Ro
                body: bytes, source: str = "upload") -> web.StreamResponse:
     """Judge every would-be file in ``body``; forward the original bytes, strip flagged parts, or refuse."""
     backend, m = instance.backend, ctx.metrics
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    # a decoded body may be far larger than the wire bytes: budget the worst case while it is held
-    extra = ctx.config.server.max_body_bytes if encoding not in ("", "identity") else 0
     try:
-        if extra:
-            await ctx.budget.acquire(extra, _deadline(instance))
+        async with decoding_room(ctx, request, _deadline(instance)):
+            doc, pieces = await _read(request, body, ctx.config.server.max_body_bytes)
     except OverBudget as exc:
         return _overloaded(ctx, instance, source, exc, route)
-    try:
-        doc, pieces = await _read(request, body, ctx.config.server.max_body_bytes)
     except Unreadable as exc:
         # never forwarded: the backend's parser might read media out of what we could not read
         log.warning("%s %s to %s refused: %s", request.method, request.path, instance.name, exc)
         m.uploads.labels(instance.name, "malformed").inc()
         return backend.refusal(f"malformed upload: {exc}", status=exc.status, code=exc.code, route=route)
-    finally:
-        if extra:
-            await ctx.budget.release(extra)
     if doc is not None:
         return await inbox_body(ctx, request, instance, body, doc)
     if not pieces:
@@ -399,7 +400,11 @@ async def inbox(ctx: Context, request: web.Request, instance: Instance, route: R
     try:
         async with held_body(ctx, request, _deadline(instance)) as body:
             try:
-                doc = await _load_delivery(request, body, ctx.config.server.max_body_bytes)
+                async with decoding_room(ctx, request, _deadline(instance)):
+                    doc = await _load_delivery(request, body, ctx.config.server.max_body_bytes)
+            except OverBudget as exc:
+                exc.read = body  # read whole already: forwarded as it came
+                raise
             except Unreadable as exc:
                 return await _fail_closed(ctx, request, instance, body, f"unreadable delivery: {exc}")
             return await inbox_body(ctx, request, instance, body, doc)

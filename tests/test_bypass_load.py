@@ -11,7 +11,7 @@ import aiohttp
 
 from proxy.server import CONTEXT
 from tests.support.photos import photo
-from tests.support.servers import make_env, multipart
+from tests.support.servers import make_env, multipart, sample, services
 
 
 async def test_over_budget_uploads_are_retryable_and_inboxes_never_5xx(aiohttp_client, aiohttp_server) -> None:
@@ -36,4 +36,38 @@ async def test_over_budget_uploads_are_retryable_and_inboxes_never_5xx(aiohttp_c
     fd.add_field("description", "a cup")
     resp = await env.request("mastodon", "PUT", "/api/v1/media/1", data=fd)
     assert resp.status == 200 and b"a cup" in env.backend.seen[-1].body
+    assert budget.used == 0
+
+
+async def test_an_encoded_inbox_delivery_reserves_its_decoded_worst_case(aiohttp_client, aiohttp_server) -> None:
+    """A gzip delivery may inflate to server.max_body_bytes while it is decoded: that worst case is taken
+    from the budget like the gate's, so deliveries cannot hold more than the budget. With room for the wire
+    bytes but not the worst case, the delivery is an overloaded inbox (forwarded whole, never a 5xx); the
+    same delivery unencoded is judged."""
+    import gzip
+
+    env = await make_env(aiohttp_client, aiohttp_server, timeout_ms=300)
+    ctx = env.client.app[CONTEXT]
+    budget = ctx.budget
+    hold = budget.limit - ctx.config.server.max_body_bytes
+    assert hold > 0
+    note = {"@context": "https://www.w3.org/ns/activitystreams", "type": "Create",
+            "object": {"type": "Note", "content": "no media"}}
+    raw = json.dumps(note).encode()
+    headers = {"Host": "lemmy.test", "Content-Type": "application/activity+json"}
+    packed = gzip.compress(raw)
+
+    def overloaded() -> float:
+        return sample(services(env.client), "ffp_inbox_deliveries_total", instance="lemmy",
+                      outcome="forwarded_overloaded")
+
+    await budget.acquire(hold, time.monotonic() + 1)
+    try:
+        resp = await env.client.post("/inbox", data=raw, headers=headers)
+        assert resp.status == 200 and overloaded() == 0  # room for the body: judged
+        resp = await env.client.post("/inbox", data=packed, headers={**headers, "Content-Encoding": "gzip"})
+        assert resp.status == 200 and overloaded() == 1  # no room for what it may decode to
+        assert env.backend.seen[-1].body == packed  # forwarded whole, as it came
+    finally:
+        await budget.release(hold)
     assert budget.used == 0
