@@ -10,15 +10,19 @@ judged, so a rerun skips what is done). SQLite is the embedded default (:mod:`pr
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..verdict import Action, DecidedBy, Outcome
 from .banks import BankStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -155,3 +159,43 @@ class VerdictStore(BankStore, ABC):
     @abstractmethod
     async def swept(self, source: str, keys: Sequence[str]) -> dict[str, SweepMark]:
         """The marks kept for these keys of ``source`` (marks written so far by any process)."""
+
+
+class WriteQueue(Generic[T]):
+    """Records waiting for a store's one writer task, written in batches of up to 500. :meth:`put` never
+    blocks (a full queue drops the record, logs it and calls ``on_drop``); :meth:`put_wait` waits for room."""
+
+    def __init__(self, name: str, max_pending: int, on_drop: Callable[[], None] | None) -> None:
+        self.name = name
+        self._queue: asyncio.Queue[T] = asyncio.Queue(maxsize=max_pending)
+        self._on_drop = on_drop
+
+    def put(self, row: T) -> None:
+        try:
+            self._queue.put_nowait(row)
+        except asyncio.QueueFull:
+            log.error("%s queue full: dropping %s", self.name, row)
+            if self._on_drop is not None:
+                self._on_drop()
+
+    async def put_wait(self, row: T) -> None:
+        await self._queue.put(row)
+
+    async def flush(self) -> None:
+        """Wait until every record put so far is written (or its write failed and was logged)."""
+        await self._queue.join()
+
+    async def run(self, write: Callable[[list[T]], Awaitable[None]], errors: tuple[type[Exception], ...]) -> None:
+        """The writer task: forever, take what is queued (at least one record) and ``write`` it; a write
+        failing with one of ``errors`` is logged and its records are given up."""
+        while True:
+            rows = [await self._queue.get()]
+            while not self._queue.empty() and len(rows) < 500:
+                rows.append(self._queue.get_nowait())
+            try:
+                await write(rows)
+            except errors as exc:
+                log.error("%s write of %d records failed: %s", self.name, len(rows), exc)
+            finally:
+                for _ in rows:
+                    self._queue.task_done()

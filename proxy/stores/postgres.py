@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 
-from .base import AuditRow, DeniedUrl, StoredVerdict, SweepMark, VerdictStore
+from .base import AuditRow, DeniedUrl, StoredVerdict, SweepMark, VerdictStore, WriteQueue
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,7 @@ def _verdict(row: asyncpg.Record) -> StoredVerdict:
 class PostgresStore(VerdictStore):
     def __init__(self, url: str, *, max_pending: int = 10_000, on_drop: Callable[[], None] | None = None) -> None:
         self.url = url
-        self._queue: asyncio.Queue[AuditRow | DeniedUrl] = asyncio.Queue(maxsize=max_pending)
-        self._on_drop = on_drop
+        self._queue: WriteQueue[AuditRow | DeniedUrl] = WriteQueue("store", max_pending, on_drop)
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._watchers: list[Callable[[str, str], None]] = []
@@ -147,7 +146,8 @@ class PostgresStore(VerdictStore):
         if applied:
             log.info("store: applied migrations %s", applied)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._writer(), name="pg-writer"), loop.create_task(self._listen(), name="pg-listen")]
+        self._tasks = [loop.create_task(self._queue.run(self._write, (OSError, asyncpg.PostgresError)), name="pg-writer"),
+                       loop.create_task(self._listen(), name="pg-listen")]
 
     async def close(self) -> None:
         if self._tasks:
@@ -189,21 +189,13 @@ class PostgresStore(VerdictStore):
             await asyncio.sleep(1.0)
 
     def record(self, row: AuditRow) -> None:
-        self._put(row)
+        self._queue.put(row)
 
     def deny_url(self, denial: DeniedUrl) -> None:
-        self._put(denial)
-
-    def _put(self, row: AuditRow | DeniedUrl) -> None:
-        try:
-            self._queue.put_nowait(row)
-        except asyncio.QueueFull:
-            log.error("store queue full: dropping %s", row)
-            if self._on_drop is not None:
-                self._on_drop()
+        self._queue.put(denial)
 
     async def flush(self) -> None:
-        await self._queue.join()
+        await self._queue.flush()
 
     async def _write(self, rows: list[AuditRow | DeniedUrl]) -> None:
         assert self._pool is not None
@@ -221,19 +213,6 @@ class PostgresStore(VerdictStore):
                 notice = json.dumps({"url": denial.url, "reason": denial.reason[:500]})
                 if len(notice.encode()) < NOTIFY_MAX_BYTES:
                     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, notice)
-
-    async def _writer(self) -> None:
-        while True:
-            rows = [await self._queue.get()]
-            while not self._queue.empty() and len(rows) < 500:
-                rows.append(self._queue.get_nowait())
-            try:
-                await self._write(rows)
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.error("store write of %d records failed: %s", len(rows), exc)
-            finally:
-                for _ in rows:
-                    self._queue.task_done()
 
     async def url_denial(self, url: str) -> str | None:
         assert self._pool is not None

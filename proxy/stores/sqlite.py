@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .base import AuditRow, DeniedUrl, StoredVerdict, SweepMark, VerdictStore
+from .base import AuditRow, DeniedUrl, StoredVerdict, SweepMark, VerdictStore, WriteQueue
 from .sqlite_banks import BANK_SCHEMA, SqliteBanks
 import contextlib
 
@@ -76,10 +76,9 @@ class SqliteStore(SqliteBanks, VerdictStore):
     def __init__(self, path: str, *, max_pending: int = 10_000, on_drop: Callable[[], None] | None = None) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit")
-        self._queue: asyncio.Queue[AuditRow | DeniedUrl | SweepMark] = asyncio.Queue(maxsize=max_pending)
+        self._queue: WriteQueue[AuditRow | DeniedUrl | SweepMark] = WriteQueue("audit", max_pending, on_drop)
         self._conn: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
-        self._on_drop = on_drop
         self._seen_version: int | None = None
 
     def _open(self) -> None:
@@ -98,7 +97,8 @@ class SqliteStore(SqliteBanks, VerdictStore):
 
     async def open(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
-        self._task = asyncio.get_running_loop().create_task(self._writer(), name="audit-writer")
+        self._task = asyncio.get_running_loop().create_task(self._queue.run(self._write, (sqlite3.Error,)),
+                                                                name="audit-writer")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -111,24 +111,16 @@ class SqliteStore(SqliteBanks, VerdictStore):
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
 
     def record(self, row: AuditRow) -> None:
-        self._put(row)
+        self._queue.put(row)
 
     def deny_url(self, denial: DeniedUrl) -> None:
-        self._put(denial)
-
-    def _put(self, row: AuditRow | DeniedUrl | SweepMark) -> None:
-        try:
-            self._queue.put_nowait(row)
-        except asyncio.QueueFull:
-            log.error("audit queue full: dropping %s", row)
-            if self._on_drop is not None:
-                self._on_drop()
+        self._queue.put(denial)
 
     async def flush(self) -> None:
-        await self._queue.join()
+        await self._queue.flush()
 
     async def mark_swept(self, mark: SweepMark) -> None:
-        await self._queue.put(mark)
+        await self._queue.put_wait(mark)
 
     async def swept(self, source: str, keys: Sequence[str]) -> dict[str, SweepMark]:
         found: dict[str, SweepMark] = {}
@@ -187,19 +179,8 @@ class SqliteStore(SqliteBanks, VerdictStore):
         )
         return StoredVerdict(**rows[0]) if rows else None
 
-    async def _writer(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            rows = [await self._queue.get()]
-            while not self._queue.empty() and len(rows) < 500:
-                rows.append(self._queue.get_nowait())
-            try:
-                await loop.run_in_executor(self._executor, self._insert, rows)
-            except sqlite3.Error as exc:
-                log.error("audit write of %d records failed: %s", len(rows), exc)
-            finally:
-                for _ in rows:
-                    self._queue.task_done()
+    async def _write(self, rows: list[AuditRow | DeniedUrl | SweepMark]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._insert, rows)
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
         assert self._conn is not None
