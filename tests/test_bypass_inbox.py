@@ -109,3 +109,24 @@ async def test_on_invalid_accept_forwards_unjudgeable_deliveries(aiohttp_client,
                                                                         "Content-Type": "application/activity+json"})
     assert resp.status == 200 and env.backend.seen[-1].body == b"{not json"
     await drain(env)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_an_encoded_delivery_is_judged_decoded(env: Env, encoding: str) -> None:
+    """A delivery sent with a Content-Encoding (on an inbox path and on any other) is decoded and its media
+    judged; the accepted one reaches the backend as it was sent."""
+    import gzip
+    import zlib
+
+    def pack(doc: Any) -> bytes:
+        raw = json.dumps(doc).encode()
+        return gzip.compress(raw) if encoding == "gzip" else zlib.compress(raw)
+
+    headers = {"Host": "masto.test", "Content-Type": "application/activity+json", "Content-Encoding": encoding}
+    for path in ("/inbox", "/any/path"):
+        resp = await env.client.post(path, data=pack(create(env.media_url("astronaut"))), headers=headers)
+        assert resp.status == 403, (path, await resp.text())
+    assert env.backend.seen == []
+    sent = pack(create(env.media_url("coffee")))
+    resp = await env.client.post("/inbox", data=sent, headers=headers)
+    assert resp.status == 200 and env.backend.seen[-1].body == sent
