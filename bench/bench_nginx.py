@@ -2,7 +2,9 @@
 
     .venv/bin/python bench/bench_nginx.py [--rounds 5] [--seconds 5] [--before ../other-checkout]
 
-One backend (an nginx with 1 worker answering a small JSON) behind two fronts: nginx (1 worker,
+One backend behind two fronts: by default the issue's pinned setup, a small aiohttp app (its own process,
+uvloop when installed, answering a small JSON; ``--backend nginx`` uses an nginx with 1 worker instead, which
+shows the fronts' own cost with a backend that is nearly free). The fronts: nginx (1 worker,
 `proxy_pass` with upstream keepalive) and `fedi-filter serve` (its own process; uvloop when installed,
 proxied requests not access-logged). `wrk -t1 -c16` drives each front in turn, the fronts interleaved
 round after round in one run; the medians are printed with their ratio. ``--before DIR`` adds a serve
@@ -59,6 +61,26 @@ def nginx(tmp: str, name: str, body: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([NGINX, "-c", str(conf), "-g", "daemon off;"], stderr=subprocess.DEVNULL)
 
 
+BACKEND_APP = """
+import asyncio, sys
+from aiohttp import web
+try:
+    import uvloop
+    uvloop.install()
+except ImportError:
+    pass
+async def small(request):
+    return web.json_response({"ok": True, "items": [1, 2, 3]})
+app = web.Application()
+app.router.add_get("/{tail:.*}", small)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def aiohttp_backend(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", BACKEND_APP, str(port)], stderr=subprocess.DEVNULL)
+
+
 def serve(tmp: str, root: Path, name: str, port: int, backend: int) -> subprocess.Popen[bytes]:
     cfg = {
         "server": {"listen": f"127.0.0.1:{port}", "audit_db": ""},
@@ -101,6 +123,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--backend", choices=("aiohttp", "nginx"), default="aiohttp")
     ap.add_argument("--before", type=Path, help="another checkout whose serve runs beside this one")
     args = ap.parse_args()
     if not (os.access(NGINX, os.X_OK) and shutil.which("wrk")):
@@ -110,7 +133,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             backend, front = free_port(), free_port()
-            procs.append(nginx(tmp, "backend", BACKEND.format(port=backend)))
+            if args.backend == "nginx":
+                procs.append(nginx(tmp, "backend", BACKEND.format(port=backend)))
+            else:
+                procs.append(aiohttp_backend(backend))
             procs.append(nginx(tmp, "front", FRONT.format(port=front, backend=backend)))
             fronts = {"nginx": front}
             for name, root in (("serve", ROOT), ("serve before", args.before)):
@@ -121,7 +147,7 @@ def main() -> None:
                 wait_up(port, "social.test")
             for port in fronts.values():  # warm-up
                 wrk(port, 1, args.connections)
-            print(f"machine: {os.cpu_count()} cores (shared), nginx 1 worker, wrk -t1 -c{args.connections}, "
+            print(f"machine: {os.cpu_count()} cores (shared), {args.backend} backend, nginx 1 worker, wrk -t1 -c{args.connections}, "
                   f"{args.seconds} s x {args.rounds} rounds, fronts interleaved")
             results: dict[str, list[tuple[float, float]]] = {name: [] for name in fronts}
             for r in range(args.rounds):

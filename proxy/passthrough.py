@@ -19,6 +19,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
 from .config import Instance
+from .upstream import UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,10 @@ def is_websocket(request: web.Request) -> bool:
     return request.headers.get("Upgrade", "").lower() == "websocket" and "upgrade" in request.headers.get("Connection", "").lower()
 
 
+def _went_away(request: web.Request) -> None:
+    log.info("client %s went away during %s %s%s", request.remote, request.method, request.host, request.path)
+
+
 async def _slices(body: bytes) -> AsyncIterator[bytes]:
     view = memoryview(body)
     for start in range(0, len(view), CHUNK * 4):
@@ -71,6 +76,7 @@ class Forwarder:
     def __init__(self, *, connect_timeout_s: float = 10.0) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._connect_timeout = connect_timeout_s
+        self._lean = UpstreamPool(connect_timeout_s=connect_timeout_s)
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -82,6 +88,7 @@ class Forwarder:
         )
 
     async def close(self) -> None:
+        self._lean.close()
         if self._session is not None:
             await self._session.close()
 
@@ -92,8 +99,11 @@ class Forwarder:
         assert self._session is not None
         if is_websocket(request) and body is None:
             return await self._websocket(request, instance)
-        url = instance.upstream + request.raw_path
         headers = upstream_headers(request)
+        if (request.method == "GET" and body is None and stream is None and not request.body_exists
+                and UpstreamPool.handles(instance.upstream)):
+            return await self._lean_get(request, instance, headers)
+        url = instance.upstream + request.raw_path
         data: io.BytesIO | AsyncIterator[bytes] | None
         if body is not None:
             data = _slices(body)  # small writes: the transport never buffers a copy of a large body
@@ -129,8 +139,55 @@ class Forwarder:
             return response
         except ConnectionResetError:
             # the client went away mid-answer (a closed tab, a timeout): routine, one line, no traceback
-            log.info("client %s went away during %s %s%s", request.remote, request.method, request.host, request.path)
+            _went_away(request)
             return response
+        except asyncio.CancelledError:
+            if request.transport is None or request.transport.is_closing():  # aiohttp cancels a gone client's handler
+                _went_away(request)
+            raise
+        finally:
+            upstream.release()
+
+    async def _lean_get(self, request: web.Request, instance: Instance, headers: CIMultiDict[str]) -> web.StreamResponse:
+        """A bodiless GET (most of a server's traffic) through the lean client; the answer is relayed as
+        :meth:`forward` relays aiohttp's."""
+        try:
+            upstream = await self._lean.get(instance.upstream, request.raw_path, headers)
+        except UpstreamError as exc:
+            log.warning("upstream %s unreachable for %s %s: %s", instance.upstream, request.method, request.path, exc)
+            return web.json_response({"error": "upstream unreachable: UpstreamError"}, status=502)
+        try:
+            out_headers = _drop_hop_by_hop(upstream.headers)
+            length = upstream.content_length
+            if length is not None and length <= SMALL_ANSWER and upstream.status not in (204, 304):
+                try:
+                    body = await upstream.read()
+                except UpstreamError as exc:
+                    log.warning("upstream %s cut its answer to GET %s: %s", instance.upstream, request.path, exc)
+                    return web.json_response({"error": "upstream answer cut short"}, status=502)
+                return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=out_headers)
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
+            if "Content-Length" not in out_headers and request.version >= (1, 1):
+                response.enable_chunked_encoding()
+            await response.prepare(request)
+            try:
+                async for chunk in upstream.iter_body():
+                    await response.write(chunk)
+            except UpstreamError as exc:
+                # the head went out: the client must see a cut answer, never a complete-looking one
+                log.warning("upstream %s cut its answer to GET %s: %s", instance.upstream, request.path, exc)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write_eof()
+            return response
+        except ConnectionResetError:
+            _went_away(request)
+            return response
+        except asyncio.CancelledError:
+            if request.transport is None or request.transport.is_closing():
+                _went_away(request)
+            raise
         finally:
             upstream.release()
 
