@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiohttp import web
 
 from bench.common import PHOTOS, free_port, machine
-from classifier.remote import encode_frames
+from classifier.remote import encode_frames, model_size_geometry
 from proxy.app import SERVICES, build_classifier
 from proxy.config import MediaLimits, parse_config
 from proxy.media import decode
@@ -135,6 +135,22 @@ def wire_costs(pictures: list[Any]) -> None:
             sizes.append(len(blob))
         print(f"  {encoding:5} mean {statistics.mean(sizes) / 1024:7.1f} KiB  max {max(sizes) / 1024:7.1f} KiB  "
               f"encode {statistics.median(times):5.1f} ms")
+    import open_clip
+
+    for side in (224, 64):  # ViT-L-14's input; the tiny CLIP's
+        descriptor = " ".join(repr(open_clip.image_transform(side, is_train=False)).split())
+        prepare = model_size_geometry(descriptor)
+        assert prepare is not None, descriptor
+        print(f"CLIP-only batches travel at the model size ({side} x {side}): resize + crop + encode per frame")
+        for encoding in ("raw", "webp"):
+            sizes, times = [], []
+            for frame in pictures:
+                started = time.perf_counter()
+                meta, blob = encode_frames([prepare(frame)], encoding)
+                times.append((time.perf_counter() - started) * 1000)
+                sizes.append(len(blob))
+            print(f"  {encoding:5} mean {statistics.mean(sizes) / 1024:7.1f} KiB  max {max(sizes) / 1024:7.1f} KiB  "
+                  f"prepare+encode {statistics.median(times):5.1f} ms")
 
 
 async def main() -> None:

@@ -16,6 +16,10 @@ Messages (``PROTOCOL`` 1); every one is validated and size-capped by the side th
 - liveness: websocket ping/pong (``heartbeat_s``) on both sides.
 
 Frames travel lossless (raw RGB bytes, PNG or WebP), so a worker scores exactly what local models would.
+When a batch needs only CLIP and the pinned CLIP preprocessing is "resize the short side to N, crop N x N,
+then tensor steps", the proxy sends the N x N crops (:func:`model_size_geometry`): far fewer bytes (64 x 64
+for the tiny CLIP, 224 x 224 for ViT-L-14, against frames of up to 448 px) and no resizing at the worker,
+whose own Resize and CenterCrop leave a frame already at the output size unchanged (same scores).
 
 :class:`WorkerPool` is the Scorer: each batch of frames goes to the least-loaded ready peer (connected
 workers, and the in-process :class:`Classifier` when ``local``), within each peer's advertised capacity
@@ -26,6 +30,7 @@ This module knows nothing of HTTP: ``proxy.workers`` carries the messages.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import itertools
@@ -75,6 +80,39 @@ class WorkerBusy(RuntimeError):
 
 # --- frames on the wire -----------------------------------------------------------------------------
 
+_CLIP_GEOMETRY = re.compile(
+    r"Compose\( Resize\(size=(\d+), interpolation=bicubic, max_size=None, antialias=True\) "
+    r"CenterCrop\(size=\((\d+), (\d+)\)\) MaybeConvertMode\(\) MaybeToTensor\(\) "
+    r"Normalize\(mean=\([-0-9., e]+\), std=\([-0-9., e]+\)\) \)")
+
+
+def understood_geometry(descriptor: str) -> bool:
+    match = _CLIP_GEOMETRY.fullmatch(descriptor)
+    return match is not None and len({match[1], match[2], match[3]}) == 1 and 0 < int(match[1]) <= MAX_FRAME_SIDE
+
+
+@functools.lru_cache(maxsize=8)
+def model_size_geometry(descriptor: str) -> Callable[[Image.Image], Image.Image] | None:
+    """The geometric steps of a CLIP preprocessing descriptor (``ClipSource.preprocessing``) when it is
+    exactly open_clip's "shortest side to N, bicubic, centre crop N x N, RGB, tensor, normalise": a function
+    that runs those steps (resize, crop, then RGB, in that order, as the model's own transform does).
+    Anything else: None (frames then travel at their decoded size)."""
+    match = _CLIP_GEOMETRY.fullmatch(descriptor)
+    if match is None or not understood_geometry(descriptor):
+        return None
+    from torchvision import transforms  # blocking the first time: call it off the event loop
+
+    side = int(match[1])
+    steps = transforms.Compose([transforms.Resize(side, interpolation=transforms.InterpolationMode.BICUBIC,
+                                                  antialias=True), transforms.CenterCrop(side)])
+
+    def prepare(frame: Image.Image) -> Image.Image:
+        out = steps(frame)
+        return out if out.mode == "RGB" else out.convert("RGB")
+
+    return prepare
+
+
 
 def encode_frames(frames: list[Image.Image], encoding: str) -> tuple[list[list[Any]], bytes]:
     """Lossless bytes of RGB frames: per frame ``[width, height, encoding, length]`` and the bytes."""
@@ -94,6 +132,12 @@ def encode_frames(frames: list[Image.Image], encoding: str) -> tuple[list[list[A
         meta.append([rgb.width, rgb.height, encoding, len(data)])
         parts.append(data)
     return meta, b"".join(parts)
+
+
+def _model_size_frames(descriptor: str, frames: list[Image.Image], encoding: str) -> tuple[list[list[Any]], bytes]:
+    prepare = model_size_geometry(descriptor)
+    assert prepare is not None
+    return encode_frames([prepare(f) for f in frames], encoding)
 
 
 def decode_frames(meta: Any, blob: bytes, max_frames: int) -> list[Image.Image]:
@@ -550,13 +594,25 @@ class WorkerPool:
         async with self._changed:
             self._changed.notify_all()
 
+    def _model_size(self, sources: tuple[str, ...]) -> str | None:
+        """The pinned CLIP preprocessing when frames can travel at the model's size: CLIP-only batches
+        whose preprocessing :func:`model_size_geometry` understands."""
+        if sources != (CLIP_SOURCE,):
+            return None
+        descriptor = self.requirements.pins.get(CLIP_SOURCE, {}).get("preprocess")
+        return descriptor if descriptor is not None and understood_geometry(descriptor) else None
+
     async def _score_chunk(self, frames: list[Image.Image], sources: tuple[str, ...]) -> tuple[list[dict[Signal, float]], str]:
         encoded: asyncio.Future[tuple[list[list[Any]], bytes]] | None = None
 
         async def wire() -> tuple[list[list[Any]], bytes]:
             nonlocal encoded
             if encoded is None:
-                if self.encoding == "raw":  # a copy of the pixels: cheaper inline than a thread hop
+                geometry = self._model_size(sources)
+                if geometry is not None:
+                    encoded = asyncio.get_running_loop().run_in_executor(
+                        self._encoder, _model_size_frames, geometry, frames, self.encoding)
+                elif self.encoding == "raw":  # a copy of the pixels: cheaper inline than a thread hop
                     encoded = asyncio.get_running_loop().create_future()
                     encoded.set_result(encode_frames(frames, "raw"))
                 else:

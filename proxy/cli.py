@@ -37,7 +37,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (a faster loop for the proxy), else asyncio's."""
+    """uvloop's event loop when it is installed (a faster loop for the proxy and the worker), else asyncio's."""
     try:
         import uvloop
     except ImportError:
@@ -74,7 +74,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
     config = load_config(args.config)
-    return asyncio.run(run_worker(config, urls, token, ca=args.ca, name=args.name))
+    with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:  # uvloop: cheaper wake-ups per frame
+        return runner.run(run_worker(config, urls, token, ca=args.ca, name=args.name))
 
 
 def cmd_egress(args: argparse.Namespace) -> int:
