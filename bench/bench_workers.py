@@ -159,7 +159,16 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--encoding", default="raw", choices=["raw", "png", "webp"])
     ap.add_argument("--only", choices=["tiny", "detectors"], help="one model set")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="also run the in-process classifier in two processes at once, one per CPU: what two "
+                         "workers could reach on this machine with no proxy at all")
+    ap.add_argument("--solo", nargs=2, metavar=("MODELSET", "CPU"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.solo:  # one in-process classifier, pinned, for --ceiling
+        raw = next(r for n, r in model_sets().items() if n.startswith(args.solo[0]))
+        raw["classifier"] = {**raw["classifier"], **ONE_THREAD}
+        print(await in_process(raw, int(args.solo[1]), frames(), args))
+        return
     cpus = sorted(os.sched_getaffinity(0))
     print(f"machine: {machine()}; CPUs {cpus}; {args.frames} frames, {args.concurrency} at a time, encoding {args.encoding}")
     pictures = frames()
@@ -176,6 +185,21 @@ async def main() -> None:
                 two = await remote(raw, cpus[-2:], pictures, args, Path(tmp))
                 line += f", 2 workers {two:6.1f} ({two / one:.2f}x one worker)"
             print(line, flush=True)
+            if args.ceiling and len(cpus) >= 2:
+                print(f"{name}: ceiling: " + ceiling(name.split()[0].lower(), cpus, args), flush=True)
+
+
+def ceiling(modelset: str, cpus: list[int], args: argparse.Namespace) -> str:
+    """Two pinned in-process classifiers at once against one alone: how far two of anything scale here."""
+    def run(cpu_list: list[int]) -> list[float]:
+        procs = [subprocess.Popen([sys.executable, __file__, "--solo", modelset, str(cpu), "--frames", str(args.frames),
+                                   "--concurrency", str(args.concurrency)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True) for cpu in cpu_list]
+        return [float(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+
+    alone = run(cpus[-1:])[0]
+    both = sum(run(cpus[-2:]))
+    return f"one classifier alone {alone:6.1f} frames/s, two at once {both:6.1f} ({both / alone:.2f}x)"
 
 
 if __name__ == "__main__":
