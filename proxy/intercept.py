@@ -196,14 +196,31 @@ async def judgeable_body(ctx: Context, request: web.Request, instance: Instance)
             yield body
 
 
+DEFLATE_MAX_RATIO = 1032
+"""DEFLATE's largest expansion (258-byte matches in about 2 bits each); gzip and zlib framing only add."""
+
+
+def decoded_worst_case(encoding: str, wire_bytes: int | None, limit: int) -> int:
+    """Bytes the decoded forms of a body with this Content-Encoding may hold at once (0 for none)."""
+    codings = [c.strip() for c in encoding.split(",") if c.strip() and c.strip() != "identity"]
+    if not codings:
+        return 0
+    if len(codings) > 1:
+        return 2 * limit
+    if codings[0] in ("gzip", "x-gzip", "deflate") and wire_bytes is not None:
+        return min(limit, DEFLATE_MAX_RATIO * wire_bytes + 1)
+    return limit
+
+
 @asynccontextmanager
 async def decoding_room(ctx: Context, request: web.Request, deadline: float) -> AsyncIterator[str]:
-    """Room in the byte budget for decoding the body: a Content-Encoding may inflate it up to
-    ``server.max_body_bytes``, so that worst case is taken while the decoded body may be held. Yields the
-    encoding ("" for none); raises OverBudget."""
+    """Room in the byte budget for decoding the body, taken while the decoded body may be held: its worst
+    case. One gzip/deflate layer with a Content-Length inflates at most ``DEFLATE_MAX_RATIO`` times its
+    wire size; otherwise up to ``server.max_body_bytes``, and with stacked encodings two layers' outputs
+    are alive at once (``content.decode_content``). Yields the encoding ("" for none); raises OverBudget."""
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     encoding = "" if encoding == "identity" else encoding
-    extra = ctx.config.server.max_body_bytes if encoding else 0
+    extra = decoded_worst_case(encoding, request.content_length, ctx.config.server.max_body_bytes)
     if extra:
         await ctx.budget.acquire(extra, deadline)
     try:
