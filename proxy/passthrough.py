@@ -151,6 +151,7 @@ class Forwarder:
     async def _lean_get(self, request: web.Request, instance: Instance, headers: CIMultiDict[str]) -> web.StreamResponse:
         """A bodiless GET (most of a server's traffic) through the lean client; the answer is relayed as
         :meth:`forward` relays aiohttp's."""
+        headers.setdefault("Accept", "*/*")  # as aiohttp's client sends it
         try:
             upstream = await self._lean.get(instance.upstream, request.raw_path, headers)
         except UpstreamError as exc:

@@ -53,6 +53,7 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         self.complete = False
         self.keep_alive = False
+        self.in_head = False
         self.closed = False
         self.error: Exception | None = None
         self.got_bytes = False
@@ -82,13 +83,22 @@ class _Connection(asyncio.Protocol):
         self._notify()
 
     # -- llhttp callbacks --
+    def on_message_begin(self) -> None:
+        if self.head is None or self.complete:
+            # an answer nobody asked for (pipelined after the one awaited, or on an idle connection):
+            # never handed to anyone; the parser error closes the connection
+            raise UpstreamError("an answer that was not asked for")
+        self.in_head = True
+
     def on_status(self, reason: bytes) -> None:
         self.reason = reason.decode("utf-8", "surrogateescape")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if self.in_head:  # trailer fields (after a chunked body) are dropped, as aiohttp's client drops them
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         self.status = self.parser.get_status_code()
         if self.status < 200:  # 1xx (103 Early Hints): informational, the answer follows
             self.headers, self.reason = [], ""
@@ -129,13 +139,18 @@ class _Connection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.closed and self.error is None
+        """A whole answer the upstream let us keep, read to its end by its asker (a client that went away
+        mid-answer leaves chunks behind: that connection is closed, never handed to the next asker)."""
+        return (self.complete and self.keep_alive and not self.closed and self.error is None
+                and not self.chunks and not self.paused)
 
     async def send(self, head: bytes) -> None:
         assert self.transport is not None
         self.head = asyncio.get_running_loop().create_future()
         self.status, self.reason, self.headers = 0, "", []
-        self.complete = self.keep_alive = self.got_bytes = False
+        self.complete = self.keep_alive = self.got_bytes = self.in_head = False
+        self.chunks.clear()
+        self.buffered = 0
         self.transport.write(head)
         await self.head
 
@@ -171,7 +186,8 @@ class Answer:
         self._key, self._conn = key, conn
         self.status, self.reason = conn.status, conn.reason or None
         self.headers: CIMultiDict[str] = CIMultiDict(
-            (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for n, v in conn.headers)
+            (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape").strip(" \t"))
+            for n, v in conn.headers)
         length = self.headers.get("Content-Length")
         self.content_length = int(length) if length is not None and length.isdigit() else None
 
@@ -204,7 +220,8 @@ class UpstreamPool:
 
     @staticmethod
     def handles(upstream: str) -> bool:
-        return upstream.startswith("http://")
+        """Plain HTTP without credentials in the URL (aiohttp's client turns those into Basic auth)."""
+        return upstream.startswith("http://") and "@" not in upstream
 
     async def get(self, upstream: str, raw_path: str, headers: CIMultiDict[str]) -> Answer:
         """Send ``GET raw_path`` with ``headers`` (written as given: the caller dropped hop-by-hop ones)."""

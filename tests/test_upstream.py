@@ -210,3 +210,143 @@ async def test_connections_to_one_upstream_are_capped_and_the_rest_wait() -> Non
         assert await asyncio.gather(*(one() for _ in range(6))) == [b"ok"] * 6
         pool.close()
     assert peak == 2 and up.connections == 2
+
+
+# --- an attacker's review (2026-11-28): answers must never cross from one asker to another -------------
+
+
+async def raw_exchange(port: int, head: bytes, timeout: float = 3.0) -> bytes:
+    """Everything a raw client reads for ``head`` until the proxy goes quiet."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head)
+    data = b""
+    try:
+        while chunk := await asyncio.wait_for(reader.read(1 << 20), timeout if not data else 0.3):
+            data += chunk
+    except TimeoutError:
+        pass
+    writer.close()
+    return data
+
+
+class Production:
+    """serve as `fedi-filter serve` runs it (aiohttp's run_app: a client that goes away does not cancel its
+    handler; the test client's server does, which hid the first finding)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+
+    async def __aenter__(self) -> int:
+        from aiohttp import web
+
+        from proxy.server import build_app
+
+        config = make_config(instances=[{"name": "social", "kind": "mastodon", "hosts": ["social.test"],
+                                         "upstream": self.upstream, "policy": "main"}])
+        self.runner = web.AppRunner(build_app(config), handler_cancellation=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        return int(self.runner.addresses[0][1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+
+async def test_the_rest_of_a_gone_clients_answer_never_reaches_the_next_client() -> None:
+    """Client A goes away mid-answer; the upstream then sends the rest (A's private data) in several
+    chunks. None of it may be handed to client B on a reused connection."""
+    rest = 6
+    go = asyncio.Event()
+    asked = 0
+
+    async def answer(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        nonlocal asked
+        asked += 1
+        if asked == 1:
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+            await writer.drain()
+            await go.wait()
+            writer.write(b"6\r\nFIRST!\r\n%x\r\n%s\r\n3\r\nEND\r\n0\r\n\r\n" % (rest, b"S" * rest))
+            await writer.drain()
+            return True
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        return True
+
+    async with RawUpstream(answer) as url, Production(url) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /private HTTP/1.1\r\nHost: social.test\r\nAuthorization: Bearer alice\r\n\r\n")
+        await reader.readuntil(b"abc")
+        writer.transport.abort()  # client A goes away
+        await asyncio.sleep(0.2)
+        go.set()
+        await asyncio.sleep(0.3)
+        data = await raw_exchange(port, b"GET /public HTTP/1.1\r\nHost: social.test\r\n\r\n")
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\nok") and b"SSS" not in data and b"END" not in data
+
+
+@pytest.mark.parametrize("when", ["same-packet", "while-idle"])
+async def test_an_answer_nobody_asked_for_is_never_relayed(aiohttp_client, when: str) -> None:
+    first = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    extra = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nSet-Cookie: x=evil\r\n\r\nPOISON"
+
+    async def answer(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(first + extra if when == "same-packet" else first)
+        await writer.drain()
+        if when == "while-idle":
+            await asyncio.sleep(0.1)
+            writer.write(extra)
+            await writer.drain()
+        return True
+
+    up = RawUpstream(answer)
+    async with up as url:
+        client = await proxy(aiohttp_client, url)
+        for _ in range(3):
+            resp = await get(client)
+            assert resp.status == 200 and await resp.read() == b"ok" and "Set-Cookie" not in resp.headers
+            await asyncio.sleep(0.2)
+        assert up.connections == 3  # each connection that carried an extra answer was closed, not reused
+
+
+async def test_trailer_fields_are_not_answer_headers(aiohttp_client) -> None:
+    up = RawUpstream(fixed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+                           b"Set-Cookie: session=attacker\r\nLocation: http://evil/\r\n\r\n"))
+    async with up as url:
+        client = await proxy(aiohttp_client, url)
+        resp = await get(client)
+        assert await resp.read() == b"ok" and "Set-Cookie" not in resp.headers and "Location" not in resp.headers
+
+
+async def test_the_lean_path_sends_what_aiohttps_client_sent(aiohttp_client) -> None:
+    """Accept: */* when the client sent none; header values without their trailing blanks."""
+    up = RawUpstream(fixed(b"HTTP/1.1 200 OK\r\nContent-Length: 2 \r\nX-Padded: v \t\r\n\r\nok"))
+    async with up as url:
+        client = await proxy(aiohttp_client, url)
+        resp = await client.get("/", headers={"Host": "social.test"}, skip_auto_headers=["Accept"])
+        assert await resp.read() == b"ok" and resp.headers["X-Padded"] == "v"
+        assert b"\r\nAccept: */*\r\n" in up.heads[-1]
+
+
+async def test_an_answer_released_before_it_was_read_whole_closes_its_connection() -> None:
+    """Complete but not read to its end (its asker went away), with reading paused past the high-water
+    mark: never pooled, so the next asker neither reads its leftovers nor waits on a paused connection."""
+    from multidict import CIMultiDict
+
+    from proxy.upstream import HIGH_WATER, UpstreamPool
+
+    big = b"a" * (HIGH_WATER + 100_000)
+    up = RawUpstream(fixed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+                           b"%x\r\n%s\r\n0\r\n\r\n" % (len(big), big)))
+    async with up as url:
+        pool = UpstreamPool()
+        first = await pool.get(url, "/", CIMultiDict(Host="social.test"))
+        assert await first.iter_body().__anext__() == b"abc"
+        await asyncio.sleep(0.3)  # the rest arrives (or fills the buffer) while nobody reads
+        first.release()
+        second = await asyncio.wait_for(pool.get(url, "/", CIMultiDict(Host="social.test")), 5)
+        body = await asyncio.wait_for(second.read(), 5)
+        second.release()
+        pool.close()
+    assert body == b"abc" + big and up.connections == 2
