@@ -8,8 +8,8 @@ else (requests with a body, ``HEAD``, websocket upgrades, ``https`` upstreams) k
 Framing is llhttp's, strict: a malformed answer closes the connection and is a 502 (or a cut response when
 the head already went out); a connection goes back to the pool only after a complete message the
 upstream did not ask to close. A request written on a kept-alive connection the upstream had already
-closed, before any byte of an answer came back, is sent once more on a fresh connection (GET is
-idempotent; aiohttp's client does the same).
+closed, before any byte of an answer came back, is sent once more, on a fresh connection, and never
+more than that (GET is idempotent; aiohttp's client does the same).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._fail(UpstreamError(f"malformed answer: {exc}"))
             if self.transport is not None:
                 self.transport.close()
@@ -91,7 +91,7 @@ class _Connection(asyncio.Protocol):
         self.in_head = True
 
     def on_status(self, reason: bytes) -> None:
-        self.reason = reason.decode("utf-8", "surrogateescape")
+        self.reason += reason.decode("utf-8", "surrogateescape")  # llhttp may hand the reason in pieces
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:  # trailer fields (after a chunked body) are dropped, as aiohttp's client drops them
@@ -123,8 +123,12 @@ class _Connection(asyncio.Protocol):
 
     # -- helpers --
     def _close_delimited(self) -> bool:
-        names = {n.lower() for n, _ in self.headers}
-        return b"content-length" not in names and b"transfer-encoding" not in names
+        """No length and no final ``chunked`` coding: the answer ends with the connection (RFC 9112 6.3)."""
+        if any(n.lower() == b"content-length" for n, _ in self.headers):
+            return False
+        codings = [c.strip().lower() for n, v in self.headers if n.lower() == b"transfer-encoding"
+                   for c in v.split(b",") if c.strip()]
+        return not codings or codings[-1] != b"chunked"
 
     def _fail(self, exc: Exception) -> None:
         if self.error is None:
@@ -147,10 +151,14 @@ class _Connection(asyncio.Protocol):
     async def send(self, head: bytes) -> None:
         assert self.transport is not None
         self.head = asyncio.get_running_loop().create_future()
+        # an asker cancelled while it waited (its client went away) leaves the failure to nobody: not an error
+        self.head.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.status, self.reason, self.headers = 0, "", []
         self.complete = self.keep_alive = self.got_bytes = self.in_head = False
         self.chunks.clear()
         self.buffered = 0
+        if self.closed or self.transport.is_closing():  # uvloop raises on a closed transport; asyncio drops the write
+            raise UpstreamError("connection closed before the request was written")
         self.transport.write(head)
         await self.head
 
@@ -235,13 +243,15 @@ class UpstreamPool:
             slots = self._open[key] = asyncio.Semaphore(self._max_open)
         await slots.acquire()
         try:
+            retried = False
             while True:
-                conn, reused = await self._connection(key)
+                conn, reused = await self._connection(key, fresh=retried)
                 try:
                     await conn.send(head)
                 except UpstreamError:
                     conn.close()
-                    if reused and not conn.got_bytes:
+                    if reused and not conn.got_bytes and not retried:
+                        retried = True
                         continue  # the upstream had closed this kept-alive connection: once more, on a fresh one
                     raise
                 except BaseException:
@@ -252,11 +262,11 @@ class UpstreamPool:
             slots.release()
             raise
 
-    async def _connection(self, key: tuple[str, int]) -> tuple[_Connection, bool]:
-        idle = self._idle.get(key)
+    async def _connection(self, key: tuple[str, int], fresh: bool = False) -> tuple[_Connection, bool]:
+        idle = None if fresh else self._idle.get(key)
         while idle:
             conn = idle.pop()
-            if not conn.closed:
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 return conn, True
         loop = asyncio.get_running_loop()
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -350,3 +351,91 @@ async def test_an_answer_released_before_it_was_read_whole_closes_its_connection
         second.release()
         pool.close()
     assert body == b"abc" + big and up.connections == 2
+
+
+# --- a second attacker's review (2026-11-28) ---------------------------------------------------------------
+
+
+async def test_a_request_the_upstream_dies_on_is_sent_at_most_twice() -> None:
+    """A path the upstream answers by closing the connection (a crashing worker) with 64 idle connections in
+    the pool: one client GET is written once on a pooled connection and once on a fresh one, not on each."""
+    from multidict import CIMultiDict
+
+    from proxy.upstream import UpstreamError, UpstreamPool
+
+    deaths = 0
+
+    async def answer(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        nonlocal deaths
+        if b"/death" in head:
+            deaths += 1
+            return False
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        return True
+
+    async with RawUpstream(answer) as url:
+        pool = UpstreamPool()
+
+        async def one(path: str) -> None:
+            answer = await pool.get(url, path, CIMultiDict(Host="social.test"))
+            await answer.read()
+            answer.release()
+
+        await asyncio.gather(*(one("/warm") for _ in range(64)))
+        with pytest.raises(UpstreamError):
+            await pool.get(url, "/death", CIMultiDict(Host="social.test"))
+        pool.close()
+    assert deaths == 2
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy",  # written at accept, before the request
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nXXXX",
+], ids=["answer-before-the-request", "upgrade"])
+async def test_answers_the_proxy_cannot_relay_are_a_clean_502(raw: bytes, caplog) -> None:
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if raw.startswith(b"HTTP/1.1 503"):
+            writer.write(raw)
+            await writer.drain()
+            writer.close()
+            return
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(raw)
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        writer.close()
+
+    server = await asyncio.start_server(banner, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with Production(url) as port:
+            await asyncio.sleep(0.1)
+            data = await raw_exchange(port, b"GET / HTTP/1.1\r\nHost: social.test\r\n\r\n")
+    finally:
+        server.close()
+    assert data.startswith(b"HTTP/1.1 502"), data[:200]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+async def test_a_reason_phrase_split_across_packets_is_kept_whole(aiohttp_client) -> None:
+    async def answer(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 404 Not")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b" Found Here\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    async with RawUpstream(answer) as url:
+        client = await proxy(aiohttp_client, url)
+        resp = await get(client)
+        assert (resp.status, resp.reason) == (404, "Not Found Here")
+
+
+async def test_a_transfer_coding_without_chunked_ends_with_the_connection(aiohttp_client) -> None:
+    async with RawUpstream(fixed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nBODYBODY", keep=False)) as url:
+        client = await proxy(aiohttp_client, url)
+        resp = await get(client)
+        assert resp.status == 200 and await resp.read() == b"BODYBODY"
