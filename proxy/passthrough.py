@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
 from .config import Instance
-from .upstream import UpstreamError, UpstreamPool
+from .upstream import UpstreamError, UpstreamPool, UpstreamUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,12 @@ class Forwarder:
         headers.setdefault("Accept", "*/*")  # as aiohttp's client sends it
         try:
             upstream = await self._lean.get(instance.upstream, request.raw_path, headers)
+        except UpstreamUnreachable as exc:
+            log.warning("upstream %s unreachable for GET %s: %s", instance.upstream, request.path, exc)
+            return web.json_response({"error": "upstream unreachable"}, status=502)
         except UpstreamError as exc:
-            log.warning("upstream %s unreachable for %s %s: %s", instance.upstream, request.method, request.path, exc)
-            return web.json_response({"error": "upstream unreachable: UpstreamError"}, status=502)
+            log.warning("upstream %s gave no answer we can relay to GET %s: %s", instance.upstream, request.path, exc)
+            return web.json_response({"error": "bad answer from upstream"}, status=502)
         try:
             out_headers = _drop_hop_by_hop(upstream.headers)
             length = upstream.content_length

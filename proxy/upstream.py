@@ -36,7 +36,11 @@ MAX_OPEN = 256
 
 
 class UpstreamError(Exception):
-    """The upstream could not be reached or answered something llhttp refuses."""
+    """The upstream answered something llhttp refuses, or closed before its answer was whole."""
+
+
+class UpstreamUnreachable(UpstreamError):
+    """No connection to the upstream (refused, timed out, name unknown)."""
 
 
 class _Connection(asyncio.Protocol):
@@ -272,7 +276,7 @@ class UpstreamPool:
         try:
             _, conn = await asyncio.wait_for(loop.create_connection(_Connection, key[0], key[1]), self._connect_timeout)
         except (OSError, TimeoutError) as exc:
-            raise UpstreamError(f"{exc.__class__.__name__}: {exc}") from exc
+            raise UpstreamUnreachable(f"{exc.__class__.__name__}: {exc}") from exc
         return conn, False
 
     def _give_back(self, key: tuple[str, int], conn: _Connection) -> None:
