@@ -1,15 +1,17 @@
 """A lean HTTP/1.1 client for the hot path of pass-through: bodiless ``GET`` requests to a plain-HTTP upstream.
 
-aiohttp's client costs ~145 us of CPU per small request on the reference machine, about half of what
+aiohttp's client costs ~130 us of CPU per small request on the reference machine, about half of what
 ``serve`` spends on a proxied GET; this one writes the request head in one call and parses the answer
-with llhttp (through ``httptools``, the same parser family aiohttp and Node use), ~15 us. Everything
-else (requests with a body, ``HEAD``, websocket upgrades, ``https`` upstreams) keeps aiohttp's client.
+with llhttp (through ``httptools``, the same parser family aiohttp and Node use), ~45 us
+(``bench/bench_upstream_client.py``). Everything else (requests with a body, ``HEAD``, websocket
+upgrades, ``https`` upstreams, upstream URLs with credentials) keeps aiohttp's client.
 
 Framing is llhttp's, strict: a malformed answer closes the connection and is a 502 (or a cut response when
-the head already went out); a connection goes back to the pool only after a complete message the
-upstream did not ask to close. A request written on a kept-alive connection the upstream had already
-closed, before any byte of an answer came back, is sent once more, on a fresh connection, and never
-more than that (GET is idempotent; aiohttp's client does the same).
+the head already went out); trailer fields are dropped. A connection goes back to the pool only after a
+complete message the upstream did not ask to close, read to its end by its asker; an answer nobody asked
+for closes the connection. A request written on a kept-alive connection the upstream had already closed,
+before any byte of an answer came back, is sent once more, on a fresh connection, and never more than
+that (GET is idempotent; aiohttp's client does the same).
 """
 
 from __future__ import annotations
