@@ -39,8 +39,18 @@ def backend_app() -> web.Application:
             n += len(chunk)
         return web.json_response({"sha256": h.hexdigest(), "bytes": n})
 
+    async def download(request: web.Request) -> web.StreamResponse:
+        mb = int(request.query["mb"])
+        response = web.StreamResponse()
+        response.content_length = mb * len(BLOCK)
+        await response.prepare(request)
+        for _ in range(mb):
+            await response.write(BLOCK)
+        return response
+
     app = web.Application()
     app.router.add_get("/api/v1/timelines/public", small)
+    app.router.add_get("/download", download)
     app.router.add_post("/sink", sink)
     return app
 
@@ -76,6 +86,18 @@ async def large(session: aiohttp.ClientSession, url: str, headers: dict[str, str
             assert body["bytes"] == mb * len(BLOCK), body
         lat.append((time.perf_counter() - t0) * 1000)
     return n * mb / (sum(lat) / 1000), lat
+
+
+async def download(session: aiohttp.ClientSession, url: str, headers: dict[str, str], mb: int) -> tuple[float, list[float]]:
+    t0 = time.perf_counter()
+    h, n = hashlib.sha256(), 0
+    async with session.get(f"{url}?mb={mb}", headers=headers) as r:
+        async for chunk in r.content.iter_chunked(1 << 20):
+            h.update(chunk)
+            n += len(chunk)
+    assert n == mb * len(BLOCK), n
+    took = time.perf_counter() - t0
+    return mb / took, [took * 1000]
 
 
 async def main() -> None:
@@ -117,17 +139,20 @@ async def main() -> None:
                 print(f"{args.large_mb} MiB POST, {name:7}: {mbps:8.0f} MiB/s   p50 {pct(lat, 50):7.1f} ms   p99 {pct(lat, 99):7.1f} ms")
             print(f"{args.large_mb} MiB POST through the proxy: {results['proxied'] / results['direct']:.2f}x the direct rate")
 
-            before = rss_kb(proc.pid)
-            peak = before["VmRSS"]
-            done = asyncio.ensure_future(large(session, proxied[0] + "/sink", proxied[1], args.huge_mb, 1))
-            while not done.done():
-                peak = max(peak, rss_kb(proc.pid)["VmRSS"])
-                await asyncio.sleep(0.1)
-            mbps, _ = done.result()
-            after = rss_kb(proc.pid)
-            print(f"{args.huge_mb} MiB streamed through the proxy at {mbps:.0f} MiB/s: proxy RSS {before['VmRSS'] / 1024:.0f} MiB before, "
-                  f"{peak / 1024:.0f} MiB peak while streaming, {after['VmRSS'] / 1024:.0f} MiB after "
-                  f"(growth {(peak - before['VmRSS']) / 1024:.1f} MiB)")
+            huge = (("POST (upload)", large(session, proxied[0] + "/sink", proxied[1], args.huge_mb, 1)),
+                    ("GET (download, the lean client)", download(session, proxied[0] + "/download", proxied[1], args.huge_mb)))
+            for what, work in huge:
+                before = rss_kb(proc.pid)
+                peak = before["VmRSS"]
+                done = asyncio.ensure_future(work)
+                while not done.done():
+                    peak = max(peak, rss_kb(proc.pid)["VmRSS"])
+                    await asyncio.sleep(0.1)
+                mbps, _ = done.result()
+                after = rss_kb(proc.pid)
+                print(f"{args.huge_mb} MiB {what} streamed through the proxy at {mbps:.0f} MiB/s: proxy RSS "
+                      f"{before['VmRSS'] / 1024:.0f} MiB before, {peak / 1024:.0f} MiB peak while streaming, "
+                      f"{after['VmRSS'] / 1024:.0f} MiB after (growth {(peak - before['VmRSS']) / 1024:.1f} MiB)")
     finally:
         await runner.cleanup()
 
