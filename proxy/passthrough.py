@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
 from .config import Instance
-from .upstream import UpstreamError, UpstreamPool, UpstreamUnreachable
+from .upstream import Answer, UpstreamError, UpstreamPool, UpstreamUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -121,32 +121,7 @@ class Forwarder:
         except (aiohttp.ClientError, OSError) as exc:
             log.warning("upstream %s unreachable for %s %s: %s", instance.upstream, request.method, request.path, exc)
             return web.json_response({"error": f"upstream unreachable: {exc.__class__.__name__}"}, status=502)
-        try:
-            length = upstream.content_length
-            if (length is not None and length <= SMALL_ANSWER and request.method != "HEAD"
-                    and upstream.status >= 200 and upstream.status not in (204, 304)):
-                # a small answer in one write (head and body together): most API answers are small
-                return web.Response(status=upstream.status, reason=upstream.reason, body=await upstream.read(),
-                                    headers=_drop_hop_by_hop(upstream.headers))
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                          headers=_drop_hop_by_hop(upstream.headers))
-            if upstream.headers.get("Content-Length") is None and request.version >= (1, 1):
-                response.enable_chunked_encoding()
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(CHUNK):
-                await response.write(chunk)
-            await response.write_eof()
-            return response
-        except ConnectionResetError:
-            # the client went away mid-answer (a closed tab, a timeout): routine, one line, no traceback
-            _went_away(request)
-            return response
-        except asyncio.CancelledError:
-            if request.transport is None or request.transport.is_closing():  # aiohttp cancels a gone client's handler
-                _went_away(request)
-            raise
-        finally:
-            upstream.release()
+        return await self._relay(request, instance, upstream, upstream.content.iter_chunked(CHUNK), cut=())
 
     async def _lean_get(self, request: web.Request, instance: Instance, headers: CIMultiDict[str]) -> web.StreamResponse:
         """A bodiless GET (most of a server's traffic) through the lean client; the answer is relayed as
@@ -160,36 +135,49 @@ class Forwarder:
         except UpstreamError as exc:
             log.warning("upstream %s gave no answer we can relay to GET %s: %s", instance.upstream, request.path, exc)
             return web.json_response({"error": "bad answer from upstream"}, status=502)
+        return await self._relay(request, instance, upstream, upstream.iter_body(), cut=(UpstreamError,))
+
+    async def _relay(self, request: web.Request, instance: Instance, upstream: aiohttp.ClientResponse | Answer,
+                     chunks: AsyncIterator[bytes], *, cut: tuple[type[Exception], ...]) -> web.StreamResponse:
+        """Relay an upstream's answer (aiohttp's or the lean client's) and release it: a small one in one
+        write (head and body together: most API answers are small), a larger one streamed. ``cut``: the
+        errors that mean the upstream ended its answer short; before the head went out that is a 502, after
+        it the client's connection is closed, so a cut answer never looks complete. (aiohttp's own errors
+        are left to aiohttp, which closes the connection too.)"""
+        response: web.StreamResponse | None = None
         try:
-            out_headers = _drop_hop_by_hop(upstream.headers)
+            headers = _drop_hop_by_hop(upstream.headers)
             length = upstream.content_length
-            if length is not None and length <= SMALL_ANSWER and upstream.status not in (204, 304):
+            if (length is not None and length <= SMALL_ANSWER and request.method != "HEAD"
+                    and upstream.status >= 200 and upstream.status not in (204, 304)):
                 try:
                     body = await upstream.read()
-                except UpstreamError as exc:
-                    log.warning("upstream %s cut its answer to GET %s: %s", instance.upstream, request.path, exc)
+                except cut as exc:
+                    log.warning("upstream %s cut its answer to %s %s: %s", instance.upstream, request.method, request.path, exc)
                     return web.json_response({"error": "upstream answer cut short"}, status=502)
-                return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=out_headers)
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=out_headers)
-            if "Content-Length" not in out_headers and request.version >= (1, 1):
+                return web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+            if "Content-Length" not in headers and request.version >= (1, 1):
                 response.enable_chunked_encoding()
             await response.prepare(request)
             try:
-                async for chunk in upstream.iter_body():
+                async for chunk in chunks:
                     await response.write(chunk)
-            except UpstreamError as exc:
-                # the head went out: the client must see a cut answer, never a complete-looking one
-                log.warning("upstream %s cut its answer to GET %s: %s", instance.upstream, request.path, exc)
+            except cut as exc:
+                log.warning("upstream %s cut its answer to %s %s: %s", instance.upstream, request.method, request.path, exc)
                 if request.transport is not None:
                     request.transport.close()
                 return response
             await response.write_eof()
             return response
         except ConnectionResetError:
+            if response is None:
+                raise
+            # the client went away mid-answer (a closed tab, a timeout): routine, one line, no traceback
             _went_away(request)
             return response
         except asyncio.CancelledError:
-            if request.transport is None or request.transport.is_closing():
+            if request.transport is None or request.transport.is_closing():  # aiohttp cancels a gone client's handler
                 _went_away(request)
             raise
         finally:
