@@ -86,9 +86,17 @@ _CLIP_GEOMETRY = re.compile(
     r"Normalize\(mean=\([-0-9., e]+\), std=\([-0-9., e]+\)\) \)")
 
 
-def understood_geometry(descriptor: str) -> bool:
+@functools.lru_cache(maxsize=8)
+def _geometry_side(descriptor: str) -> int | None:
+    """N of open_clip's "shortest side to N, centre crop N x N" preprocessing, or None for anything else."""
     match = _CLIP_GEOMETRY.fullmatch(descriptor)
-    return match is not None and len({match[1], match[2], match[3]}) == 1 and 0 < int(match[1]) <= MAX_FRAME_SIDE
+    if match is None or len({match[1], match[2], match[3]}) != 1 or not 0 < int(match[1]) <= MAX_FRAME_SIDE:
+        return None
+    return int(match[1])
+
+
+def understood_geometry(descriptor: str) -> bool:
+    return _geometry_side(descriptor) is not None
 
 
 @functools.lru_cache(maxsize=8)
@@ -97,12 +105,11 @@ def model_size_geometry(descriptor: str) -> Callable[[Image.Image], Image.Image]
     exactly open_clip's "shortest side to N, bicubic, centre crop N x N, RGB, tensor, normalise": a function
     that runs those steps (resize, crop, then RGB, in that order, as the model's own transform does).
     Anything else: None (frames then travel at their decoded size)."""
-    match = _CLIP_GEOMETRY.fullmatch(descriptor)
-    if match is None or not understood_geometry(descriptor):
+    side = _geometry_side(descriptor)
+    if side is None:
         return None
     from torchvision import transforms  # blocking the first time: call it off the event loop
 
-    side = int(match[1])
     steps = transforms.Compose([transforms.Resize(side, interpolation=transforms.InterpolationMode.BICUBIC,
                                                   antialias=True), transforms.CenterCrop(side)])
 
