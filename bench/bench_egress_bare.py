@@ -25,7 +25,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import free_port
+from bench.common import free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,10 +135,7 @@ async def main() -> None:
                 med = statistics.median(values)
                 print(f"{name:15}: median {med:7.0f} req/s ({med / base:.2f}x bare mitmproxy)")
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait(timeout=30)
+            stop(procs)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import free_port
+from bench.common import free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -160,10 +160,7 @@ def main() -> None:
                 print(f"{name:13}: median {med[name]:8.0f} req/s, p50 latency {p50:.2f} ms "
                       f"({med[name] / med['nginx']:.2f}x nginx)")
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait(timeout=30)
+            stop(procs)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiohttp import web
 
-from bench.common import PHOTOS, free_port, machine
+from bench.common import PHOTOS, free_port, machine, stop
 from classifier.remote import encode_frames, model_size_geometry
 from proxy.app import SERVICES, build_classifier
 from proxy.config import MediaLimits, parse_config
@@ -117,24 +117,26 @@ async def remote(raw: dict[str, Any], cpus: list[int], pictures: list[Any], args
             await asyncio.sleep(0.2)
         return await rate(pool, sources, pictures, args.frames, args.concurrency)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(30)
+        stop(procs)
         await runner.cleanup()
+
+
+def wire_cost(pictures: list[Any], encoding: str, prepare: Any, label: str) -> None:
+    """Bytes of each frame on the wire and the proxy's ms to prepare and encode it (median)."""
+    sizes, times = [], []
+    for frame in pictures:
+        started = time.perf_counter()
+        meta, blob = encode_frames([prepare(frame)], encoding)
+        times.append((time.perf_counter() - started) * 1000)
+        sizes.append(len(blob))
+    print(f"  {encoding:5} mean {statistics.mean(sizes) / 1024:7.1f} KiB  max {max(sizes) / 1024:7.1f} KiB  "
+          f"{label} {statistics.median(times):5.1f} ms")
 
 
 def wire_costs(pictures: list[Any]) -> None:
     print("bytes per frame on the wire (these photos decoded to <= 448 px, lossless), proxy encode ms per frame:")
     for encoding in ("raw", "png", "webp"):
-        sizes, times = [], []
-        for frame in pictures:
-            started = time.perf_counter()
-            meta, blob = encode_frames([frame], encoding)
-            times.append((time.perf_counter() - started) * 1000)
-            sizes.append(len(blob))
-        print(f"  {encoding:5} mean {statistics.mean(sizes) / 1024:7.1f} KiB  max {max(sizes) / 1024:7.1f} KiB  "
-              f"encode {statistics.median(times):5.1f} ms")
+        wire_cost(pictures, encoding, lambda frame: frame, "encode")
     import open_clip
 
     for side in (224, 64):  # ViT-L-14's input; the tiny CLIP's
@@ -143,14 +145,7 @@ def wire_costs(pictures: list[Any]) -> None:
         assert prepare is not None, descriptor
         print(f"CLIP-only batches travel at the model size ({side} x {side}): resize + crop + encode per frame")
         for encoding in ("raw", "webp"):
-            sizes, times = [], []
-            for frame in pictures:
-                started = time.perf_counter()
-                meta, blob = encode_frames([prepare(frame)], encoding)
-                times.append((time.perf_counter() - started) * 1000)
-                sizes.append(len(blob))
-            print(f"  {encoding:5} mean {statistics.mean(sizes) / 1024:7.1f} KiB  max {max(sizes) / 1024:7.1f} KiB  "
-                  f"prepare+encode {statistics.median(times):5.1f} ms")
+            wire_cost(pictures, encoding, prepare, "prepare+encode")
 
 
 async def main() -> None:

@@ -48,6 +48,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop(procs: list[subprocess.Popen[Any]]) -> None:
+    """Terminate every process, then wait for each (they shut down side by side)."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(timeout=30)
+
+
 def rss_kb(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak) of a process, in KiB."""
     out = {}
