@@ -218,7 +218,7 @@ async def decoding_room(ctx: Context, request: web.Request, deadline: float) -> 
     case. One gzip/deflate layer with a Content-Length inflates at most ``DEFLATE_MAX_RATIO`` times its
     wire size; otherwise up to ``server.max_body_bytes``, and with stacked encodings two layers' outputs
     are alive at once (``content.decode_content``). Yields the encoding ("" for none); raises OverBudget."""
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    encoding = content_encoding(request).strip().lower()
     encoding = "" if encoding == "identity" else encoding
     extra = decoded_worst_case(encoding, request.content_length, ctx.config.server.max_body_bytes)
     if extra:
@@ -228,6 +228,12 @@ async def decoding_room(ctx: Context, request: web.Request, deadline: float) -> 
     finally:
         if extra:
             await ctx.budget.release(extra)
+
+
+def content_encoding(request: web.Request) -> str:
+    """Every Content-Encoding header line, joined (it is a list header, and a backend may combine the
+    lines): with only the first read, ``identity`` then ``gzip`` streamed a gzip'd photo unjudged."""
+    return ", ".join(request.headers.getall("Content-Encoding", ()))
 
 
 def content_type_header(request: web.Request) -> str:
@@ -299,7 +305,7 @@ def _read_sync(body: bytes, encoding: str | None, ctype: str, ctype_header: str,
 
 
 async def _read(request: web.Request, body: bytes, limit: int) -> tuple[Any | None, list[Piece]]:
-    args = (body, request.headers.get("Content-Encoding"), media_type(request), content_type_header(request),
+    args = (body, content_encoding(request), media_type(request), content_type_header(request),
             request.query_string, limit)
     if len(body) > INLINE_BYTES or args[1]:
         return await asyncio.to_thread(_read_sync, *args)
@@ -354,7 +360,7 @@ def _strippable(route: Route | None, request: web.Request, body: bytes, pieces: 
     """The body without the flagged parts, when the route takes several files, every refusal is a
     ``strip`` of a whole multipart part, no Content-Encoding hides the body, and a file is left to
     forward; else None (the request is refused)."""
-    if route is None or not route.multi or request.headers.get("Content-Encoding"):
+    if route is None or not route.multi or content_encoding(request):
         return None
     if not all(v.action is Action.STRIP and p.part is not None and p.whole for p, v in refused):
         return None
@@ -376,7 +382,7 @@ async def ingest(ctx: Context, request: web.Request, instance: Instance, route: 
         url = request.query.get(route.url_param)
     elif route.url_json_key is not None and body is not None:
         try:
-            doc = load_json(decode_content(body, request.headers.get("Content-Encoding"),
+            doc = load_json(decode_content(body, content_encoding(request),
                                            ctx.config.server.max_body_bytes))
         except Unreadable as exc:
             return instance.backend.refusal(f"malformed upload: {exc}", status=exc.status, code=exc.code, route=route)
@@ -442,7 +448,7 @@ async def inbox(ctx: Context, request: web.Request, instance: Instance, route: R
 
 
 async def _load_delivery(request: web.Request, body: bytes, limit: int) -> Any:
-    encoding = request.headers.get("Content-Encoding")
+    encoding = content_encoding(request)
 
     def load() -> Any:
         return load_json(decode_content(body, encoding, limit))
@@ -572,7 +578,7 @@ async def _await(task: asyncio.Future[Any]) -> Any:
 
 
 def _must_read(request: web.Request, head: bytes) -> bool:
-    enc = request.headers.get("Content-Encoding", "").strip().lower()
+    enc = content_encoding(request).strip().lower()
     if enc and enc != "identity":
         return True
     if query_may_carry_media(request.query_string):
