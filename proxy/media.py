@@ -32,6 +32,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -43,6 +44,7 @@ import pillow_heif  # HEIC/HEIF (iPhone photos); AVIF is Pillow's own
 import pillow_jxl  # noqa: F401  (registers JPEG XL with Pillow)
 
 pillow_heif.register_heif_opener()
+cv2.setNumThreads(1)  # our decode and preprocess pools are the parallelism; OpenCV's own threads would oversubscribe
 
 # Our per-policy pixel limit, checked from the header before decoding, replaces Pillow's global
 # decompression-bomb check (whose warning would be the only signal below 2x its limit).
@@ -51,6 +53,9 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 DEFAULT_INPUT_SIZE = 448
 """The long side of a judged frame when the caller does not say which size its models need."""
+FAST_FIT_MIN_SCALE = 0.75
+"""Shrinking by this much or less, bilinear without antialiasing loses no more of a thin line than Pillow's
+antialiased bilinear (a 1-px line keeps >= 94/255 against Pillow's 107 at 0.75; 56 against 81 at 0.64)."""
 THUMB = 32
 """Side of the thumbnails that find duplicate frames and scene changes."""
 DUPLICATE_MAX_DIFF = 10
@@ -282,11 +287,19 @@ def _normalise(img: Image.Image) -> Image.Image:
 
 
 def _fit(img: Image.Image, size: int) -> Image.Image:
+    """At most ``size`` on the long side. An opaque picture shrunk by no more than FAST_FIT_MIN_SCALE (most
+    tiles: 512 px for a 448-px input) goes through OpenCV's SIMD bilinear, ~10x faster than Pillow's here;
+    a one-pixel line keeps at least 3/8 of its contrast, as with Pillow. Deeper shrinks, and pictures with
+    transparency (which Pillow premultiplies, so colours under alpha 0 cannot bleed in), stay with Pillow's
+    antialiased filter."""
     w, h = img.size
     if max(w, h) <= size:
         return img
     scale = size / max(w, h)
-    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    target = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if scale >= FAST_FIT_MIN_SCALE and img.mode == "RGB":
+        return Image.fromarray(cv2.resize(np.asarray(img), target, interpolation=cv2.INTER_LINEAR))
+    return img.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
 def tile_plan(width: int, height: int, size: int, max_tiles: int) -> list[tuple[int, int, int, int]]:

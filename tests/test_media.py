@@ -99,6 +99,39 @@ def test_a_large_image_is_judged_whole_and_in_tiles() -> None:
     assert all(max(f.size) <= 448 for f in d.frames)
 
 
+@pytest.mark.parametrize("side", [2048, 2300, 2900])  # tiles of 512 px (0.875x), 575 (0.78x), 725 (0.62x)
+def test_a_one_pixel_line_survives_a_tile_shrink(side: int) -> None:
+    """Opaque tiles shrunk a little go through OpenCV's bilinear, deeper shrinks through Pillow's: wherever a
+    1-px white line on black falls, every tile that holds it still shows it at >= 75/255 (Pillow's own floor
+    at 0.62x is ~81; OpenCV's bilinear there would drop it to 56, which is why it only takes shrinks to 0.75x)."""
+    boxes = tile_plan(side, side, DEFAULT_INPUT_SIZE, LIMITS.max_tiles)
+    assert len(boxes) == 16
+    for x in range(side // 3, side // 3 + 8):  # every phase of the resampling grid, in the first tile row
+        img = Image.new("L", (side, side), 0)
+        img.paste(255, (x, 0, x + 1, side))
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, "PNG", compress_level=1)
+        d = decode(buf.getvalue(), LIMITS)
+        tiles = [f for f, v in zip(d.frames, d.views, strict=True) if " tile " in v]
+        holding = [t for t, (x0, _, x1, _) in zip(tiles, boxes, strict=True) if x0 <= x < x1]
+        assert holding and all(max(t.size) == DEFAULT_INPUT_SIZE for t in tiles)
+        assert min(int(np.asarray(t).max()) for t in holding) >= 75, (side, x)
+
+
+def test_a_transparent_tile_hides_no_colour_under_alpha_zero() -> None:
+    """Tiles with transparency keep Pillow's premultiplied resize: a colour under alpha 0 never bleeds in."""
+    rgba = np.zeros((2048, 2048, 4), np.uint8)
+    rgba[..., 0] = 255  # pure red everywhere, all of it invisible
+    rgba[::7, :, :] = (128, 128, 128, 255)  # thin visible grey lines across every tile
+    buf = io.BytesIO()
+    Image.fromarray(rgba).save(buf, "PNG")
+    d = decode(buf.getvalue(), LIMITS)
+    assert len(d.frames) == 2 * 17  # whole view and 16 tiles, each on light and dark
+    for frame in d.frames:
+        px = np.asarray(frame).astype(int)
+        assert (px[..., 0] - px[..., 1]).max() <= 2 and (px[..., 0] - px[..., 2]).max() <= 2  # grey, no red
+
+
 @pytest.mark.parametrize(("w", "h"), [(4000, 300), (300, 4000), (2048, 2048), (4000, 3000), (10000, 400), (2000, 1001)])
 def test_tiles_cover_the_whole_image_within_max_tiles(w: int, h: int) -> None:
     boxes = tile_plan(w, h, 448, 16)
