@@ -12,6 +12,13 @@ side by side in one run (issue 10).
 - ``clip``: the tiny random-weight CLIP (`ffp-tiny-clip`) through validate at concurrency 32 on distinct
   photo-sized JPEGs, against the model's own rate at batch 32 on ready tensors (goal: >= 25 %).
 
+Each part also prints a ceiling, to tell what is left from what cannot be had on these cores:
+- ``cpu``: the ratio two cores allow at most when every view costs the detectors' own run time plus what
+  feeds them (decode and PDQ, the packages' preprocessing), each timed alone on one thread, against the
+  limit where each detector owns a core (so the slower one sets its pace);
+- ``clip``: a bare aiohttp app on the same cores that only reads the body, hashes it and decodes the JPEG
+  at its smallest draft (1/8), driven by the same client: no judging server can beat it.
+
 `fedi-filter serve` runs as its own process (``--before DIR`` adds one from another checkout, measured in
 the same rounds); the limit is measured here while the servers idle. Rounds interleave every
 measurement; medians are printed.
@@ -126,6 +133,81 @@ def detectors_limit(views: list[Image.Image]) -> float:
     return best
 
 
+def cpu_ceiling(bodies: list[bytes]) -> None:
+    """Per-view costs of the stages, each alone on one thread, and the ratio they allow on two cores."""
+    from classifier.detectors import DETECTORS
+    from proxy.hashing import pdq_frames
+
+    def timed(fn: Any, *args: Any) -> tuple[float, Any]:
+        t0 = time.perf_counter()
+        out = fn(*args)
+        return time.perf_counter() - t0, out
+
+    decode(bodies[0], MediaLimits())
+    spent, views = 0.0, []
+    for body in bodies:
+        took, d = timed(decode, body, MediaLimits())
+        took += timed(pdq_frames, d.frames, d.views)[0]
+        spent += took
+        views += d.frames
+    feed = {"decode + PDQ": spent / len(views)}
+    run: dict[str, float] = {}
+    for cls in DETECTORS.values():
+        src = cls(1)  # type: ignore[call-arg]
+        took, ready = timed(lambda src=src: [src.preprocess(v) for v in views])
+        feed[f"{src.name} preprocessing"] = took / len(views)
+        best = float("inf")
+        for batch in (1, 16):
+            src.run(ready[:batch])
+            batches = [ready[i:i + batch] for i in range(0, len(ready), batch)]
+            best = min(best, timed(lambda src=src, batches=batches: [src.run(b) for b in batches])[0])
+        run[src.name] = best / len(views)
+    slowest, models = max(run.values()), sum(run.values())
+    print("[cpu.yaml] per view, alone on one thread: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in (run | feed).items()))
+    prep = sum(v for k, v in feed.items() if "preprocessing" in k)
+    print(f"[cpu.yaml] ceiling on 2 cores (validate <= 2 / (models + feed), limit = 1 / slowest model): "
+          f"{min(1.0, 2 * slowest / (models + sum(feed.values()))):.2f}; with the packages' preprocessing as the "
+          f"only feed: {min(1.0, 2 * slowest / (models + prep)):.2f}")
+
+
+FLOOR_SERVER = """
+import hashlib, io, sys
+from aiohttp import web
+from PIL import Image
+
+async def validate(request):
+    body = await request.read()
+    hashlib.sha256(body).digest()
+    with Image.open(io.BytesIO(body)) as img:
+        img.draft("RGB", (img.width // 8, img.height // 8))
+        img.load()
+    return web.json_response({"decided_by": "model", "action": "accept"})
+
+app = web.Application(client_max_size=2**26)
+app.router.add_post("/api/v1/validate", validate)
+app.router.add_get("/healthz", lambda request: web.Response(text="ok"))
+try:
+    import uvloop
+    loop = uvloop.new_event_loop()
+except ImportError:
+    loop = None
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=loop)
+"""
+
+
+async def clip_floor(bodies: list[bytes]) -> float:
+    """Requests/s of a bare aiohttp app that only reads, hashes and draft-decodes each JPEG (concurrency 32)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(port)])
+    try:
+        await wait_ready(port)
+        await validate(port, bodies[:64], 32)
+        return await validate(port, bodies, 32)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
 def clip_limit(images: list[Image.Image]) -> float:
     from classifier.sources import ClipSettings, ClipSource, register_model_configs
 
@@ -160,6 +242,7 @@ async def main() -> None:
     ap.add_argument("--before", type=Path)
     ap.add_argument("--only", choices=("cpu", "clip"))
     ap.add_argument("--before-first", action="store_true", help="measure the other checkout first in each round")
+    ap.add_argument("--ceiling-only", action="store_true", help="only the per-view costs and the cpu.yaml ceiling")
     args = ap.parse_args()
     print(f"machine: {machine()} (shared with other engineers' test runs)")
     roots = {"now": ROOT} | ({"before": args.before.resolve()} if args.before else {})
@@ -177,6 +260,9 @@ async def main() -> None:
             per_image = len(decode(bodies[0], MediaLimits()).frames)
             views = [v for b in bodies[:4] for v in decode(b, MediaLimits()).frames]
             print(f"[cpu.yaml] {per_image} views per 2048-px JPEG (whole view + tiles), {args.images} images a measurement")
+            cpu_ceiling(bodies[:4])
+            if args.ceiling_only:
+                return
             procs = {label: serve(tmp, root, raw, f"cpu-{label}") for label, root in roots.items()}
             try:
                 for _, port in procs.values():
@@ -224,6 +310,9 @@ async def main() -> None:
                     print(f"round done: limit {limit[-1]:.0f} images/s; " +
                           ", ".join(f"{n} {v[-1]:.0f}" for n, v in rows.items()), flush=True)
                 report("tiny CLIP", rows, "images/s", limit)
+                floor = await clip_floor(bodies[:args.clip_images])
+                print(f"[tiny CLIP] ceiling: a bare aiohttp app that only reads, hashes and draft-decodes (1/8) each "
+                      f"JPEG: {floor:.0f} requests/s = {floor / statistics.median(limit):.2f} of the limit")
             finally:
                 for proc, _ in procs.values():
                     proc.terminate()
