@@ -34,6 +34,26 @@ def _setup_logging(level: str) -> None:
     hub = logging.getLogger("huggingface_hub")
     for handler in list(hub.handlers):
         hub.removeHandler(handler)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_OpenClipRecords(logging.getLogger().level))
+
+
+class _OpenClipRecords(logging.Filter):
+    """open_clip logs through the root logger (``logging.info(...)``): its records are named ``open_clip``
+    instead of ``root``, and its step-by-step INFO lines (ten a model load) are kept for ``--log-level
+    debug``; its warnings stay."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "root" and f"{os.sep}open_clip{os.sep}" in record.pathname:
+            record.name = "open_clip"
+            if record.levelno == logging.INFO:
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                return self.level <= logging.DEBUG
+        return True
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

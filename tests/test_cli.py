@@ -176,3 +176,17 @@ def test_model_hub_warnings_are_printed_once() -> None:
             ".warning('Retrying in 1s [Retry 1/5].')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stderr.count("Retrying in 1s") == 1, out.stderr
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_open_clip_speaks_under_its_own_name_and_its_steps_only_in_debug(level: str) -> None:
+    """open_clip logs ten INFO lines a model load through the root logger: at info they are not shown, at
+    debug they are, named open_clip; its warnings (random weights) are shown at both."""
+    code = (f"from proxy.cli import _setup_logging; _setup_logging({level!r}); "
+            "from classifier.sources import register_model_configs; register_model_configs(); "
+            "import open_clip; open_clip.create_model_and_transforms('ffp-tiny-clip')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert "WARNING open_clip: No pretrained weights loaded" in out.stderr, out.stderr
+    assert " root: " not in out.stderr, out.stderr
+    steps = out.stderr.count("DEBUG open_clip: ")
+    assert (steps >= 5) if level == "debug" else (steps == 0 and "INFO open_clip" not in out.stderr), out.stderr
