@@ -478,6 +478,8 @@ def _policies(value: Any, path: str, ctx: Context) -> dict[str, Policy]:
     if not isinstance(value, Mapping) or not value:
         raise ConfigError(path, "expected at least one policy")
     for name, raw in value.items():
+        if str(name) == "*":  # stores.base.EVERY_POLICY: a URL denied for "*" is denied to every policy
+            raise ConfigError(f"{path}.{name}", "'*' is reserved (it means every policy); choose another name")
         ctx.policies[str(name)] = replace(build(Policy, raw, f"{path}.{name}", ctx), name=str(name))
     return dict(ctx.policies)
 

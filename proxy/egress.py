@@ -136,7 +136,7 @@ class EgressAddon:
         if flow.response or flow.error or not flow.live:
             return
         url = flow.request.pretty_url
-        reason = await self.pipeline.url_denial(url)
+        reason = await self.pipeline.url_denial(url, self.instance.policy.name)
         if reason is not None:
             self.metrics.egress.labels("denied_url").inc()
             log.info("egress: refused %s: denied (%s)", url, reason)

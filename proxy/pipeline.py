@@ -35,7 +35,7 @@ from .banks import BankIndex, BankRole, Banks
 from .hashing import HASH_KINDS, HashList, pdq_frames
 from .media import Decoded, MediaError, decode, sniff
 from .metrics import Metrics
-from .stores import AuditRow, DeniedUrl, VerdictCache
+from .stores import EVERY_POLICY, AuditRow, DeniedUrl, VerdictCache
 from .verdict import Action, DecidedBy, ErrorKind, InvalidKind, Outcome, ProblemKind, Verdict
 
 log = logging.getLogger(__name__)
@@ -264,12 +264,16 @@ class Pipeline:
                 log.exception("could not add %s to the own bank", sha256[:12])
         return outcome
 
-    async def url_denial(self, url: str) -> str | None:
-        """Why ``url`` must not be fetched or stored (denied by an inbox strip or a flagged fetch), or None."""
-        return await self.store.url_denial(url)
+    async def url_denial(self, url: str, policy: str) -> str | None:
+        """Why ``url`` must not be fetched or stored for the instances of ``policy`` (denied by an inbox strip
+        or a flagged fetch under that policy, or on a blocked address), or None."""
+        return await self.store.url_denial(url, policy)
 
-    def deny_url(self, url: str, verdict: Verdict, reason: str) -> None:
-        self.store.deny_url(DeniedUrl(url, time.time(), verdict.sha256 or None, verdict.policy, reason))
+    def deny_url(self, url: str, verdict: Verdict, reason: str, *, every_policy: bool = False) -> None:
+        """Deny ``url`` to the instances of the verdict's policy (another policy judges the bytes itself),
+        or to every instance (``every_policy``: an address no one may fetch)."""
+        policy = EVERY_POLICY if every_policy else verdict.policy
+        self.store.deny_url(DeniedUrl(url, time.time(), verdict.sha256 or None, policy, reason))
 
     async def judge_url(self, url: str, instance: Instance, source: str) -> Verdict:
         """Fetch ``url`` (SSRF-safe) and judge its bytes; verdicts are cached by URL as well as by sha256,
@@ -280,7 +284,7 @@ class Pipeline:
         def unfetched(outcome: Outcome) -> Verdict:
             return self._finish(outcome, sha256="", instance=instance, source=source, started=started, url=url)
 
-        reason = await self.url_denial(url)
+        reason = await self.url_denial(url, policy.name)
         if reason is not None:
             return unfetched(Outcome(Action.REJECT, DecidedBy.DENIED_URL, detail=reason))
         cached = self.store.url_verdict(url, policy.name)
@@ -296,7 +300,7 @@ class Pipeline:
             log.warning("fetch of %s for %s failed: %s (%s)", url, source, exc.kind, exc)
             verdict = unfetched(Outcome(policy.fallback(exc.kind), DecidedBy.FETCH, detail=str(exc), error_kind=exc.kind))
             if exc.kind.policy_key is None:  # blocked: never to be fetched by anyone
-                self.deny_url(url, verdict, f"blocked: {exc}")
+                self.deny_url(url, verdict, f"blocked: {exc}", every_policy=True)
             return verdict
         if sniff(fetched.body) is None:
             # a web page, a JSON document: no media to judge here (a Lemmy link post's attachment, say)

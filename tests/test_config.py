@@ -253,3 +253,11 @@ def test_rules_are_built_from_the_policy() -> None:
     assert rules.sources() == {"clip", "open_nsfw"}
     adjusted = rules.evaluate({("clip", "teen"): 0.25, ("open_nsfw", "nsfw"): 0.9})
     assert adjusted.scores[("clip", "teen")] == pytest.approx(0.15)
+
+
+def test_the_every_policy_name_is_reserved() -> None:
+    """A URL denied to "*" is denied to every policy (stores.EVERY_POLICY): no policy may take the name."""
+    raw = config_dict()
+    raw["policies"]["*"] = raw["policies"]["main"]
+    with pytest.raises(ConfigError, match="reserved"):
+        parse_config(raw)

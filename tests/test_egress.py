@@ -133,6 +133,39 @@ async def test_a_url_stripped_from_an_inbox_is_refused_by_egress(tmp_path, ca, a
     assert media.app[HITS] == {"astronaut": 1}  # fetched once, by serve's inbox prefetch
 
 
+async def test_a_url_denied_under_another_policy_is_judged_by_egress_under_its_own(tmp_path, ca, aiohttp_client,
+                                                                                   aiohttp_server) -> None:
+    """A denial is its policy's verdict: an inbox strip on a strict instance must not deny the URL to the
+    backend of an instance whose policy accepts it (there, egress judges the bytes itself)."""
+    raw = egress_config(tmp_path, ca[1])
+    lenient = copy.deepcopy(raw["policies"]["main"])
+    lenient["actions"] = {"portrait": "accept"}
+    raw["policies"]["lenient"] = lenient
+    backend = Backend()
+    backend_server = await aiohttp_server(backend.app())
+    media = await aiohttp_server(media_app())
+    raw["instances"] = [
+        {"name": "strict", "kind": "mastodon", "hosts": ["masto.test"],
+         "upstream": f"http://127.0.0.1:{backend_server.port}", "policy": "main"},
+        {"name": "open", "kind": "mastodon", "hosts": ["open.test"], "upstream": "http://127.0.0.1:9", "policy": "lenient"},
+    ]
+    client = await start(aiohttp_client, parse_config(raw))
+    env = Env(client, backend, media)
+    flagged = env.media_url("astronaut")
+    resp = await deliver(env, delivery(env, [flagged]))
+    assert resp.status == 200 and len(backend.seen) == 1
+    await drain(env)
+    raw["egress"]["instance"] = "open"
+    async for _e, proxy in running(raw):
+        status, body, headers = await get(proxy, flagged)
+        assert status == 200 and body == photo("astronaut"), headers.get("X-Fedi-Filter")
+    raw["egress"]["instance"] = "strict"
+    async for _e, proxy in running(raw):
+        status, _, headers = await get(proxy, flagged)
+        assert status == 403 and headers["X-Fedi-Filter"].startswith("denied")
+    assert media.app[HITS] == {"astronaut": 2}  # serve's prefetch, and the lenient egress's own fetch
+
+
 async def test_a_denial_written_by_another_process_is_honoured_within_a_bounded_time(egress, aiohttp_server,
                                                                                       tmp_path) -> None:
     """egress answers URL denials from memory, and notices another process's writes to the shared SQLite

@@ -182,7 +182,7 @@ async def test_inbox_without_prefetch_forwards_at_once_and_denies_later(aiohttp_
     resp = await deliver(env, delivery(env, [flagged]))
     assert resp.status == 200
     await drain(env)
-    assert await env.services.pipeline.url_denial(flagged) is not None
+    assert await env.services.pipeline.url_denial(flagged, "main") is not None
 
 
 async def test_inbox_never_fetches_private_addresses(aiohttp_client, aiohttp_server) -> None:
@@ -193,8 +193,9 @@ async def test_inbox_never_fetches_private_addresses(aiohttp_client, aiohttp_ser
     assert resp.status == 200 and len(env.backend.seen) == 1  # nothing judged flagged: delivered
     await drain(env)
     pipeline = env.services.pipeline
-    for url in private:
-        assert (await pipeline.url_denial(url) or "").startswith("blocked"), url
+    for url in private:  # an address no one may fetch: denied whatever the policy
+        for policy in ("main", "any-other-policy"):
+            assert (await pipeline.url_denial(url, policy) or "").startswith("blocked"), url
 
 
 async def test_link_attachments_to_web_pages_are_not_media(aiohttp_client, aiohttp_server) -> None:

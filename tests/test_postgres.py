@@ -35,6 +35,43 @@ async def test_migrations_apply_once_in_order(postgres_url: str) -> None:
         await conn.close()
 
 
+async def test_denials_from_before_migration_3_are_kept_and_now_per_policy(postgres_url: str) -> None:
+    """Migration 3 rekeys URL denials by (url, policy): old rows stay; a URL may then be denied under two
+    policies at once, and a replica answers each policy only from its own denial or an every-policy one."""
+    from proxy.stores import EVERY_POLICY, DeniedUrl
+
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        async with conn.transaction():  # a database as version 2 left it, holding one denial
+            await conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+                               "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            for version, sql in MIGRATIONS[:2]:
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            await conn.execute("INSERT INTO denied_urls VALUES ('https://x.example/a.jpg', 1.0, NULL, 'strict', 'old')")
+        assert await migrate(conn) == [3]
+    finally:
+        await conn.close()
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        store.deny_url(DeniedUrl("https://x.example/a.jpg", time.time(), None, "lenient", "reject: other"))
+        store.deny_url(DeniedUrl("http://10.0.0.1/", time.time(), None, EVERY_POLICY, "blocked: private"))
+        await store.flush()
+        assert await store.url_denial("https://x.example/a.jpg", "strict") == "old"
+        assert await store.url_denial("https://x.example/a.jpg", "lenient") == "reject: other"
+        assert await store.url_denial("https://x.example/a.jpg", "third") is None
+        assert await store.url_denial("http://10.0.0.1/", "third") == "blocked: private"
+        # a notice from a replica of before (no policy in it) held for every policy, and still does
+        heard: list[tuple[str, str, str]] = []
+        store.watch_denials(lambda *args: heard.append(args))
+        store._heard(None, 0, "", '{"url": "https://y.example/", "reason": "old replica"}')
+        store._heard(None, 0, "", '["not", "a", "notice"]')
+        assert heard == [("https://y.example/", EVERY_POLICY, "old replica")]
+    finally:
+        await store.close()
+
+
 async def _replica(aiohttp_client: Client, url: str) -> TestClient:
     pol: dict[str, Any] = copy.deepcopy(FACES)
     cfg = make_config(pol, store=url, fetch={"allow_networks": ["127.0.0.1/32"], "timeout_ms": 5000})
@@ -63,9 +100,10 @@ async def test_two_replicas_share_verdicts_and_url_denials(aiohttp_client: Clien
     await services(a).store.flush()
     store_b = services(b).store
     deadline = time.monotonic() + 30
-    while url not in store_b._denials and time.monotonic() < deadline:
+    while (url, "main") not in store_b._denials and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    assert url in store_b._denials, "the denial was not pushed to the other replica"
+    assert (url, "main") in store_b._denials, "the denial was not pushed to the other replica"
+    assert await store_b.url_denial(url, "another-policy") is None  # the verdict is main's alone
     resp = await b.get("/api/v1/nsfw_score", params={"url": url})
     assert (await resp.json())["action"] == "reject"
     assert media.app[HITS]["grace_hopper"] == 1

@@ -6,7 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from proxy.stores import AuditRow, DeniedUrl, SqliteStore, SweepMark, VerdictCache
+from proxy.stores import EVERY_POLICY, AuditRow, DeniedUrl, SqliteStore, SweepMark, VerdictCache
 from proxy.stores.memory import DENIALS_FRESH_S
 from proxy.verdict import Action, DecidedBy
 
@@ -34,8 +34,16 @@ async def test_two_caches_on_one_store_share_verdicts_and_denials(tmp_path: Path
         assert await egress.verdict("b" * 64, "p") is None
         # denials are answered from memory; another process's show within DENIALS_FRESH_S
         await asyncio.sleep(DENIALS_FRESH_S)
-        assert await egress.url_denial("https://x.example/a.jpg") == "reject: flagged"
-        assert await egress.url_denial("https://x.example/b.jpg") is None
+        assert await egress.url_denial("https://x.example/a.jpg", "p") == "reject: flagged"
+        assert await egress.url_denial("https://x.example/b.jpg", "p") is None
+        # a verdict is its policy's: another policy's instances judge the URL themselves
+        assert await egress.url_denial("https://x.example/a.jpg", "other-policy") is None
+        # an address no one may fetch is denied to every policy
+        serve.deny_url(DeniedUrl("http://10.0.0.1/a.jpg", time.time(), None, EVERY_POLICY, "blocked: private"))
+        await serve.flush()
+        await asyncio.sleep(DENIALS_FRESH_S)
+        for policy in ("p", "other-policy"):
+            assert await egress.url_denial("http://10.0.0.1/a.jpg", policy) == "blocked: private"
     finally:
         await serve.close()
         await egress.close()
@@ -67,7 +75,9 @@ async def test_memory_only_cache_keeps_what_it_is_told() -> None:
     cache.forget("d" * 64, "p")
     assert await cache.verdict("d" * 64, "p") is None
     cache.deny_url(DeniedUrl("u", time.time(), None, "p", "why"))
-    assert await cache.url_denial("u") == "why"
+    assert await cache.url_denial("u", "p") == "why" and await cache.url_denial("u", "q") is None
+    cache.deny_url(DeniedUrl("v", time.time(), None, EVERY_POLICY, "blocked"))
+    assert await cache.url_denial("v", "q") == "blocked"
     cache.record(row("e" * 64))  # no store: nothing to write, nothing raised
     await cache.close()
 
@@ -110,3 +120,38 @@ async def test_sweep_marks_are_kept_per_source_and_key(tmp_path: Path) -> None:
     finally:
         await reopened.close()
     assert await VerdictCache(None, size=1, ttl_s=1).swept("/srv/a", ["k1"]) == {}
+
+
+async def test_a_store_from_before_per_policy_denials_is_rebuilt_keeping_every_row(tmp_path: Path) -> None:
+    """Denials used to be keyed by URL alone. Opening such a store rekeys them by (url, policy), once, even
+    with two processes opening it at the same time; rows, their policies and rowids (cursors) are kept."""
+    import sqlite3
+
+    path = str(tmp_path / "old.sqlite3")
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE denied_urls (url TEXT PRIMARY KEY, ts REAL NOT NULL, sha256 TEXT, "
+                "policy TEXT NOT NULL, reason TEXT NOT NULL)")
+    old.executemany("INSERT INTO denied_urls VALUES (?, ?, NULL, ?, ?)",
+                    [("https://x.example/a.jpg", 1.0, "strict", "reject: flagged"), ("http://10.0.0.1/", 2.0, "strict", "blocked")])
+    before = old.execute("SELECT rowid, url, policy, reason FROM denied_urls ORDER BY rowid").fetchall()
+    old.commit()
+    old.close()
+    first, second = VerdictCache(SqliteStore(path), size=10, ttl_s=60), VerdictCache(SqliteStore(path), size=10, ttl_s=60)
+    await asyncio.gather(first.open(), second.open())
+    try:
+        assert await first.url_denial("https://x.example/a.jpg", "strict") == "reject: flagged"
+        assert await second.url_denial("https://x.example/a.jpg", "lenient") is None
+        # the same URL can now be denied under a second policy without replacing the first's denial
+        second.deny_url(DeniedUrl("https://x.example/a.jpg", time.time(), None, "lenient", "reject: other"))
+        await second.flush()
+        await asyncio.sleep(DENIALS_FRESH_S)
+        assert await first.url_denial("https://x.example/a.jpg", "lenient") == "reject: other"
+        assert await first.url_denial("https://x.example/a.jpg", "strict") == "reject: flagged"
+    finally:
+        await first.close()
+        await second.close()
+    conn = sqlite3.connect(path)
+    after = conn.execute("SELECT rowid, url, policy, reason FROM denied_urls ORDER BY rowid").fetchall()
+    keyed = [row[1] for row in conn.execute("PRAGMA table_info(denied_urls)") if row[5] > 0]
+    conn.close()
+    assert after[:2] == before and len(after) == 3 and sorted(keyed) == ["policy", "url"]

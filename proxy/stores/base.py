@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+EVERY_POLICY = "*"
+"""The policy of a denial that holds for every policy (a URL on a private or blocked address)."""
+
+
 @dataclass(frozen=True)
 class AuditRow:
     ts: float
@@ -51,7 +55,9 @@ class AuditRow:
 
 @dataclass(frozen=True)
 class DeniedUrl:
-    """A URL that must not be fetched or stored downstream (an inbox `strip`, a flagged ingestion)."""
+    """A URL that must not be fetched or stored downstream (an inbox `strip`, a flagged ingestion), for the
+    instances of ``policy`` (a verdict is a policy's: another policy judges the URL's bytes itself), or for
+    every instance when ``policy`` is :data:`EVERY_POLICY` (an address no one may fetch)."""
 
     url: str
     ts: float
@@ -126,12 +132,12 @@ class VerdictStore(BankStore, ABC):
         """Deny a URL for every process sharing the store; never blocks."""
 
     @abstractmethod
-    async def url_denial(self, url: str) -> str | None:
-        """Why ``url`` is denied, or None."""
+    async def url_denial(self, url: str, policy: str) -> str | None:
+        """Why ``url`` is denied to the instances of ``policy`` (its own denial or one for every policy), or None."""
 
-    async def denials_since(self, cursor: int) -> tuple[int, dict[str, str]] | None:
-        """The denials written since ``cursor`` (0: all of them) as ``(new cursor, {url: reason})``, so a
-        cache can hold every denial and answer from memory; None when this store cannot list them (the
+    async def denials_since(self, cursor: int) -> tuple[int, dict[tuple[str, str], str]] | None:
+        """The denials written since ``cursor`` (0: all of them) as ``(new cursor, {(url, policy): reason})``,
+        so a cache can hold every denial and answer from memory; None when this store cannot list them (the
         cache then asks :meth:`url_denial` per URL)."""
         return None
 
@@ -144,9 +150,9 @@ class VerdictStore(BankStore, ABC):
     async def model_verdict(self, sha256: str, policy: str, ttl_s: float) -> StoredVerdict | None:
         """The newest model verdict for (sha256, policy) younger than ``ttl_s``, from any process."""
 
-    def watch_denials(self, callback: Callable[[str, str], None]) -> None:
-        """Call ``callback(url, reason)`` when another process denies a URL (stores shared by replicas
-        push denials; the default store has no other writers to hear from)."""
+    def watch_denials(self, callback: Callable[[str, str, str], None]) -> None:
+        """Call ``callback(url, policy, reason)`` when another process denies a URL (stores shared by
+        replicas push denials; the default store has no other writers to hear from)."""
 
     @abstractmethod
     async def recent_model_verdicts(self, ttl_s: float, limit: int) -> list[StoredVerdict]:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from cachetools import TTLCache
 
 from ..verdict import Outcome
-from .base import AuditRow, DeniedUrl, SweepMark, VerdictStore
+from .base import EVERY_POLICY, AuditRow, DeniedUrl, SweepMark, VerdictStore
 
 DENIALS_FRESH_S = 0.25
 """How stale the in-memory URL denials may be (plus the time of one small query) against other processes."""
@@ -32,10 +32,10 @@ class VerdictCache:
         self.size = size
         self._verdicts: TTLCache[tuple[str, str], Outcome] = TTLCache(maxsize=size, ttl=ttl_s)
         self._urls: TTLCache[tuple[str, str], Outcome] = TTLCache(maxsize=size, ttl=ttl_s)
-        self._denials: TTLCache[str, str] = TTLCache(maxsize=size, ttl=ttl_s)
+        self._denials: TTLCache[tuple[str, str], str] = TTLCache(maxsize=size, ttl=ttl_s)
         self._not_before = 0.0
-        self._all_denials: dict[str, str] | None = {} if store is None else None
-        """Every denial, when the store can list them; else None and misses ask the store."""
+        self._all_denials: dict[tuple[str, str], str] | None = {} if store is None else None
+        """Every denial by (url, policy), when the store can list them; else None and misses ask the store."""
         self._denial_cursor = 0
         self._denials_checked = 0.0
         self._denials_lock = asyncio.Lock()
@@ -93,24 +93,25 @@ class VerdictCache:
     def remember_url(self, url: str, policy: str, outcome: Outcome) -> None:
         self._urls[(url, policy)] = outcome
 
-    async def url_denial(self, url: str) -> str | None:
+    async def url_denial(self, url: str, policy: str) -> str | None:
+        """Why ``url`` is denied to the instances of ``policy``: its own denial, or one for every policy."""
         if self._all_denials is not None:
             if self.store is not None and time.monotonic() - self._denials_checked >= DENIALS_FRESH_S:
                 await self._refresh_denials()
-            return self._all_denials.get(url)
-        reason = self._denials.get(url)
+            return self._all_denials.get((url, policy)) or self._all_denials.get((url, EVERY_POLICY))
+        reason = self._denials.get((url, policy)) or self._denials.get((url, EVERY_POLICY))
         if reason is None and self.store is not None:
-            reason = await self.store.url_denial(url)
+            reason = await self.store.url_denial(url, policy)
             if reason is not None:
-                self._denials[url] = reason
+                self._denials[(url, policy)] = reason
         return reason
 
-    def _heard_denial(self, url: str, reason: str) -> None:
-        """Another process denied ``url``: honour it at once, and drop what was cached of it."""
-        self._denials[url] = reason
+    def _heard_denial(self, url: str, policy: str, reason: str) -> None:
+        """Another process denied ``url`` to ``policy``: honour it at once, and drop what was cached of it."""
+        self._denials[(url, policy)] = reason
         if self._all_denials is not None:
-            self._all_denials[url] = reason
-        for key in [k for k in self._urls if k[0] == url]:
+            self._all_denials[(url, policy)] = reason
+        for key in [k for k in self._urls if k[0] == url and policy in (k[1], EVERY_POLICY)]:
             self._urls.pop(key, None)
 
     async def _refresh_denials(self) -> None:
@@ -128,9 +129,9 @@ class VerdictCache:
 
     def deny_url(self, denial: DeniedUrl) -> None:
         if self._all_denials is not None:
-            self._all_denials[denial.url] = denial.reason
+            self._all_denials[(denial.url, denial.policy)] = denial.reason
         else:
-            self._denials[denial.url] = denial.reason
+            self._denials[(denial.url, denial.policy)] = denial.reason
         if self.store is not None:
             self.store.deny_url(denial)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 
-from .base import AuditRow, DeniedUrl, StoredVerdict, SweepMark, VerdictStore, WriteQueue
+from .base import EVERY_POLICY, AuditRow, DeniedUrl, StoredVerdict, SweepMark, VerdictStore, WriteQueue
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,12 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         PRIMARY KEY (source, key)
     );
     """),
+    (3, """
+    ALTER TABLE denied_urls DROP CONSTRAINT denied_urls_pkey;
+    ALTER TABLE denied_urls ADD PRIMARY KEY (url, policy);
+    """),
 )
-"""(version, SQL): append only; a shipped migration is never edited."""
+"""(version, SQL): append only; a shipped migration is never edited. 3: URL denials per policy."""
 UPSERT_SWEEP = (
     "INSERT INTO sweep_progress (source, key, version, size, policy, sha256, outcome, action, ts) "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (source, key) DO UPDATE SET version = EXCLUDED.version, "
@@ -103,8 +107,7 @@ UPSERT_VERDICT = (
 )
 UPSERT_DENIAL = (
     "INSERT INTO denied_urls (url, ts, sha256, policy, reason) VALUES ($1, $2, $3, $4, $5) "
-    "ON CONFLICT (url) DO UPDATE SET ts = EXCLUDED.ts, sha256 = EXCLUDED.sha256, policy = EXCLUDED.policy, "
-    "reason = EXCLUDED.reason"
+    "ON CONFLICT (url, policy) DO UPDATE SET ts = EXCLUDED.ts, sha256 = EXCLUDED.sha256, reason = EXCLUDED.reason"
 )
 
 
@@ -134,7 +137,7 @@ class PostgresStore(VerdictStore):
         self._queue: WriteQueue[AuditRow | DeniedUrl] = WriteQueue("store", max_pending, on_drop)
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
-        self._watchers: list[Callable[[str, str], None]] = []
+        self._watchers: list[Callable[[str, str, str], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     async def open(self) -> None:
@@ -161,18 +164,20 @@ class PostgresStore(VerdictStore):
         if self._pool is not None:
             await self._pool.close()
 
-    def watch_denials(self, callback: Callable[[str, str], None]) -> None:
+    def watch_denials(self, callback: Callable[[str, str, str], None]) -> None:
         self._watchers.append(callback)
 
     def _heard(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         try:
             notice = json.loads(payload)
             url, reason = str(notice["url"]), str(notice["reason"])
-        except (ValueError, KeyError, TypeError):
+            # a replica from before denials were per policy sends none: its denial held for every policy
+            policy = str(notice.get("policy", EVERY_POLICY))
+        except (ValueError, KeyError, TypeError, AttributeError):
             log.warning("store: ignoring a malformed %s notice", CHANNEL)
             return
         for watcher in self._watchers:
-            watcher(url, reason)
+            watcher(url, policy, reason)
 
     async def _listen(self) -> None:
         """Hold a connection that LISTENs for denials; reconnect when it drops."""
@@ -210,13 +215,14 @@ class PostgresStore(VerdictStore):
                     await conn.executemany(UPSERT_VERDICT, verdicts)
             for denial in denials:
                 await conn.execute(UPSERT_DENIAL, *denial.values())
-                notice = json.dumps({"url": denial.url, "reason": denial.reason[:500]})
+                notice = json.dumps({"url": denial.url, "policy": denial.policy, "reason": denial.reason[:500]})
                 if len(notice.encode()) < NOTIFY_MAX_BYTES:
                     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, notice)
 
-    async def url_denial(self, url: str) -> str | None:
+    async def url_denial(self, url: str, policy: str) -> str | None:
         assert self._pool is not None
-        reason = await self._pool.fetchval("SELECT reason FROM denied_urls WHERE url = $1", url)
+        reason = await self._pool.fetchval("SELECT reason FROM denied_urls WHERE url = $1 AND policy IN ($2, $3) "
+                                           "LIMIT 1", url, policy, EVERY_POLICY)
         return str(reason) if reason is not None else None
 
     async def model_verdict(self, sha256: str, policy: str, ttl_s: float) -> StoredVerdict | None:

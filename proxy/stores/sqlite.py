@@ -17,11 +17,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .base import AuditRow, DeniedUrl, StoredVerdict, SweepMark, VerdictStore, WriteQueue
+from .base import EVERY_POLICY, AuditRow, DeniedUrl, StoredVerdict, SweepMark, VerdictStore, WriteQueue
 from .sqlite_banks import BANK_SCHEMA, SqliteBanks
 import contextlib
 
 log = logging.getLogger(__name__)
+
+DENIED_URLS_COLUMNS = """(
+    url TEXT NOT NULL,
+    ts REAL NOT NULL,
+    sha256 TEXT,
+    policy TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (url, policy)
+)"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -41,13 +50,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_sha256 ON decisions (sha256);
 CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (ts);
-CREATE TABLE IF NOT EXISTS denied_urls (
-    url TEXT PRIMARY KEY,
-    ts REAL NOT NULL,
-    sha256 TEXT,
-    policy TEXT NOT NULL,
-    reason TEXT NOT NULL
-);
+CREATE TABLE IF NOT EXISTS denied_urls DENIED_URLS_COLUMNS;
 CREATE TABLE IF NOT EXISTS sweep_progress (
     source TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -60,7 +63,7 @@ CREATE TABLE IF NOT EXISTS sweep_progress (
     ts REAL NOT NULL,
     PRIMARY KEY (source, key)
 );
-"""
+""".replace("DENIED_URLS_COLUMNS", DENIED_URLS_COLUMNS)
 
 SWEEP_COLUMNS = ("source", "key", "version", "size", "policy", "sha256", "outcome", "action", "ts")
 SWEPT_LOOKUP_BATCH = 500
@@ -70,6 +73,36 @@ COLUMNS = ("ts", "sha256", "source", "instance", "policy", "action", "decided_by
            "worker")
 ADDED_COLUMNS = {"decisions": (("worker", "TEXT"),)}
 """Columns added after a table first shipped: added to an existing database on open."""
+
+
+def _key_denials_by_policy(conn: sqlite3.Connection) -> None:
+    """Stores written before denials were per policy keyed them by URL alone (one policy's verdict denied
+    a URL to every instance): rebuild the table keyed by (url, policy), keeping every row's policy. Once,
+    under SQLite's write lock, so a second process opening the file at the same time finds it done."""
+
+    def keyed() -> bool:
+        return any(row[1] == "policy" and row[5] > 0 for row in conn.execute("PRAGMA table_info(denied_urls)"))
+
+    if keyed():
+        return
+    level, conn.isolation_level = conn.isolation_level, None
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if not keyed():
+                conn.execute(f"CREATE TABLE denied_urls_by_policy {DENIED_URLS_COLUMNS}")
+                # the rowids are kept: other processes' cursors over new denials stay valid
+                conn.execute("INSERT INTO denied_urls_by_policy (rowid, url, ts, sha256, policy, reason) "
+                             "SELECT rowid, url, ts, sha256, policy, reason FROM denied_urls")
+                conn.execute("DROP TABLE denied_urls")
+                conn.execute("ALTER TABLE denied_urls_by_policy RENAME TO denied_urls")
+                log.info("store: URL denials are now kept per policy (table rebuilt)")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.isolation_level = level
 
 
 class SqliteStore(SqliteBanks, VerdictStore):
@@ -88,6 +121,7 @@ class SqliteStore(SqliteBanks, VerdictStore):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(SCHEMA)
         conn.executescript(BANK_SCHEMA)
+        _key_denials_by_policy(conn)
         for table, columns in ADDED_COLUMNS.items():
             have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
             for name, kind in columns:
@@ -150,15 +184,16 @@ class SqliteStore(SqliteBanks, VerdictStore):
                     marks,
                 )
 
-    async def url_denial(self, url: str) -> str | None:
-        rows = await self.query("SELECT reason FROM denied_urls WHERE url = ?", (url,))
+    async def url_denial(self, url: str, policy: str) -> str | None:
+        rows = await self.query("SELECT reason FROM denied_urls WHERE url = ? AND policy IN (?, ?) LIMIT 1",
+                                (url, policy, EVERY_POLICY))
         return str(rows[0]["reason"]) if rows else None
 
-    async def denials_since(self, cursor: int) -> tuple[int, dict[str, str]] | None:
+    async def denials_since(self, cursor: int) -> tuple[int, dict[tuple[str, str], str]] | None:
         # INSERT OR REPLACE gives a replaced row a new, higher rowid: the rowid is a cursor over writes
-        rows = await self.query("SELECT rowid AS id, url, reason FROM denied_urls WHERE rowid > ? ORDER BY rowid",
-                                (cursor,))
-        return (int(rows[-1]["id"]) if rows else cursor), {r["url"]: str(r["reason"]) for r in rows}
+        rows = await self.query("SELECT rowid AS id, url, policy, reason FROM denied_urls WHERE rowid > ? "
+                                "ORDER BY rowid", (cursor,))
+        return (int(rows[-1]["id"]) if rows else cursor), {(r["url"], r["policy"]): str(r["reason"]) for r in rows}
 
     def _data_version(self) -> int:
         assert self._conn is not None
