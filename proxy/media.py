@@ -270,16 +270,22 @@ def _thumb(img: Image.Image) -> np.ndarray:
 def _normalise(img: Image.Image) -> Image.Image:
     """RGB, or RGBA when some pixel is not opaque: what a viewer's screen shows, 8 bits a channel."""
     mode = img.mode
+    # a colour key (PNG tRNS on a grey, RGB or palette image): pixels of that value are fully transparent
+    key = img.info.get("transparency")
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        raw = np.asarray(img)
+        arr = raw.astype(np.float64)
         if mode.startswith("I;16"):
             arr = arr / 257.0  # a viewer shows the high byte: content in the low byte is invisible
         elif mode == "F" and arr.size and float(arr.max()) <= 1.0:
             arr = arr * 255.0
         elif arr.size and float(arr.max()) > 255:
             arr = arr / 257.0
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
-    elif mode == "P" and "transparency" in img.info or mode in ("PA", "LA", "La", "RGBa"):
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        if isinstance(key, int) and mode != "F" and bool((raw == key).any()):  # 16-bit keys: Pillow drops them
+            alpha = Image.fromarray(np.where(raw == key, 0, 255).astype(np.uint8))
+            img = Image.merge("LA", (img, alpha)).convert("RGBA")
+    elif key is not None and mode in ("P", "1", "L", "RGB") or mode in ("PA", "LA", "La", "RGBa"):
         img = img.convert("RGBA")
     if img.mode == "RGBA" and img.getchannel("A").getextrema() != (255, 255):
         return img

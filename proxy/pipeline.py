@@ -35,7 +35,7 @@ from .banks import BankIndex, BankRole, Banks
 from .hashing import HASH_KINDS, HashList, pdq_frames
 from .media import Decoded, MediaError, decode, sniff
 from .metrics import Metrics
-from .stores import EVERY_POLICY, AuditRow, DeniedUrl, VerdictCache
+from .stores import AuditRow, DeniedUrl, VerdictCache
 from .verdict import Action, DecidedBy, ErrorKind, InvalidKind, Outcome, ProblemKind, Verdict
 
 log = logging.getLogger(__name__)
@@ -266,14 +266,12 @@ class Pipeline:
 
     async def url_denial(self, url: str, policy: str) -> str | None:
         """Why ``url`` must not be fetched or stored for the instances of ``policy`` (denied by an inbox strip
-        or a flagged fetch under that policy, or on a blocked address), or None."""
+        or a flagged fetch under that policy, or for every policy by a replica of an older release), or None."""
         return await self.store.url_denial(url, policy)
 
-    def deny_url(self, url: str, verdict: Verdict, reason: str, *, every_policy: bool = False) -> None:
-        """Deny ``url`` to the instances of the verdict's policy (another policy judges the bytes itself),
-        or to every instance (``every_policy``: an address no one may fetch)."""
-        policy = EVERY_POLICY if every_policy else verdict.policy
-        self.store.deny_url(DeniedUrl(url, time.time(), verdict.sha256 or None, policy, reason))
+    def deny_url(self, url: str, verdict: Verdict, reason: str) -> None:
+        """Deny ``url`` to the instances of the verdict's policy (another policy judges the bytes itself)."""
+        self.store.deny_url(DeniedUrl(url, time.time(), verdict.sha256 or None, verdict.policy, reason))
 
     async def judge_url(self, url: str, instance: Instance, source: str) -> Verdict:
         """Fetch ``url`` (SSRF-safe) and judge its bytes; verdicts are cached by URL as well as by sha256,
@@ -298,10 +296,9 @@ class Pipeline:
         except FetchError as exc:
             self.metrics.fetch_errors.labels(exc.kind).inc()
             log.warning("fetch of %s for %s failed: %s (%s)", url, source, exc.kind, exc)
-            verdict = unfetched(Outcome(policy.fallback(exc.kind), DecidedBy.FETCH, detail=str(exc), error_kind=exc.kind))
-            if exc.kind.policy_key is None:  # blocked: never to be fetched by anyone
-                self.deny_url(url, verdict, f"blocked: {exc}", every_policy=True)
-            return verdict
+            # a blocked address is not kept as a denial: the fetcher and egress check every target anyway, and
+            # anyone can name endless private URLs in an inbox delivery (the denials are held in memory)
+            return unfetched(Outcome(policy.fallback(exc.kind), DecidedBy.FETCH, detail=str(exc), error_kind=exc.kind))
         if sniff(fetched.body) is None:
             # a web page, a JSON document: no media to judge here (a Lemmy link post's attachment, say)
             return unfetched(Outcome(Action.ACCEPT, DecidedBy.NOT_MEDIA, detail=fetched.content_type))

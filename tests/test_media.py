@@ -297,3 +297,33 @@ def test_decode_time_limit() -> None:
     with pytest.raises(MediaError) as info:
         decode(mp4_video(["coffee"] * 8), MediaLimits(decode_timeout_ms=1))
     assert info.value.kind in ("timeout",)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "I;16"])
+def test_a_png_colour_key_is_judged_like_an_alpha_channel(mode: str) -> None:
+    """Found by an attacker's review: a PNG colour key (tRNS on an RGB, grey or 16-bit grey image) names one
+    value every viewer draws transparent; it was judged as that colour, not as the page showing through
+    (on light and on dark, as alpha is), so a picture drawn by the keyed pixels was judged a flat square."""
+    photo_img = photo_image("coffee").convert("L" if mode != "RGB" else "RGB").point(lambda v: v | 1)  # all odd
+    key: object = (2, 4, 6) if mode == "RGB" else 6  # even: no pixel of the photo has it
+
+    def png(keyed_half: bool) -> bytes:
+        img = photo_img.copy()
+        if mode == "I;16":
+            wide = np.asarray(img).astype(np.uint16) * 257  # all odd too
+            if keyed_half:
+                wide[:, : img.width // 2] = 1234
+            img = Image.fromarray(wide)
+        elif keyed_half:
+            img.paste(key, (0, 0, img.width // 2, img.height))  # type: ignore[arg-type]
+        buf = io.BytesIO()
+        img.save(buf, "PNG", transparency=1234 if mode == "I;16" else key)
+        return buf.getvalue()
+
+    assert "transparency" in Image.open(io.BytesIO(png(True))).info
+    d = decode(png(True), LIMITS)
+    assert d.views == ["image on light", "image on dark"], d.views
+    light, dark = (np.asarray(f).astype(int) for f in d.frames)
+    left = slice(0, light.shape[1] // 2 - 2)
+    assert light[:, left].min() >= 250 and dark[:, left].max() <= 5  # the page shows through the keyed half
+    assert decode(png(False), LIMITS).views == ["image"]  # no keyed pixel: opaque, judged once

@@ -11,7 +11,8 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from proxy.stores.postgres import MIGRATIONS, PostgresStore, migrate
+from proxy.stores import AuditRow
+from proxy.stores.postgres import INSERT_DECISION, MIGRATIONS, PostgresStore, migrate
 from tests.support.configs import FACES, make_config
 from tests.support.hosts import HITS, media_app
 from tests.support.photos import photo
@@ -49,6 +50,8 @@ async def test_denials_from_before_migration_3_are_kept_and_now_per_policy(postg
                 await conn.execute(sql)
                 await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
             await conn.execute("INSERT INTO denied_urls VALUES ('https://x.example/a.jpg', 1.0, NULL, 'strict', 'old')")
+            await conn.execute("INSERT INTO denied_urls VALUES ('http://10.0.0.1/a.jpg', 1.0, NULL, 'strict', "
+                               "'blocked: 10.0.0.1 is not a public address')")
         assert await migrate(conn) == [3]
     finally:
         await conn.close()
@@ -62,6 +65,8 @@ async def test_denials_from_before_migration_3_are_kept_and_now_per_policy(postg
         assert await store.url_denial("https://x.example/a.jpg", "lenient") == "reject: other"
         assert await store.url_denial("https://x.example/a.jpg", "third") is None
         assert await store.url_denial("http://10.0.0.1/", "third") == "blocked: private"
+        # a blocked address was denied to everyone, whichever policy recorded it: it still is
+        assert (await store.url_denial("http://10.0.0.1/a.jpg", "third") or "").startswith("blocked")
         # a notice from a replica of before (no policy in it) held for every policy, and still does
         heard: list[tuple[str, str, str]] = []
         store.watch_denials(lambda *args: heard.append(args))
@@ -128,5 +133,43 @@ async def test_sweep_progress_is_kept(postgres_url: str) -> None:
         found = await store.swept("s3://b/p", ["a.jpg", "b.jpg"])
         assert list(found) == ["a.jpg"] and found["a.jpg"].version == "etag2" and found["a.jpg"].action == "quarantine"
         assert await store.swept("s3://other", ["a.jpg"]) == {}
+    finally:
+        await store.close()
+
+
+# the denial upsert of the release before per-policy denials, as an older replica still sends it
+OLD_UPSERT_DENIAL = (
+    "INSERT INTO denied_urls (url, ts, sha256, policy, reason) VALUES ($1, $2, $3, $4, $5) "
+    "ON CONFLICT (url) DO UPDATE SET ts = EXCLUDED.ts, sha256 = EXCLUDED.sha256, policy = EXCLUDED.policy, "
+    "reason = EXCLUDED.reason"
+)
+
+
+async def test_an_older_replica_still_writes_denials_after_migration_3(postgres_url: str) -> None:
+    """Found by an attacker's review (upgrade window). A new replica opens the shared database and applies migration 3;
+    a replica of the previous release, still running, then writes a batch as its ``_write`` did: one audit
+    row and the denial of a URL its inbox stripped, in one transaction. The upsert's ``ON CONFLICT (url)``
+    named no unique constraint once migration 3 rekeyed that table, so the whole batch was rolled back:
+    the denial never reached the egress and the other replicas, and the audit row was lost. The old table
+    now stays for such replicas, and what they write there is read as a denial for every policy."""
+    store = PostgresStore(postgres_url)
+    await store.open()  # the upgraded replica: migrations 1..3
+    try:
+        url = "https://media.example/files/flagged.jpg"
+        row = AuditRow(ts=time.time(), sha256="a" * 64, source="inbox", instance="main", policy="main",
+                       action="reject", decided_by="model", labels=["portrait"], scores={}, latency_ms=1.0,
+                       url=url)
+        old = await asyncpg.connect(postgres_url)  # the replica of the previous release
+        failure = None
+        try:
+            async with old.transaction():
+                await old.execute(INSERT_DECISION, *row.values())
+                await old.execute(OLD_UPSERT_DENIAL, url, time.time(), "a" * 64, "main", "reject: portrait")
+        except asyncpg.PostgresError as exc:  # what the old WriteQueue catches, logs, and gives the batch up for
+            failure = exc
+        finally:
+            await old.close()
+        assert failure is None, f"an older replica's write batch fails after migration 3: {failure!r}"
+        assert await store.url_denial(url, "main") == "reject: portrait"
     finally:
         await store.close()

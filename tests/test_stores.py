@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 import time
 from pathlib import Path
 
 from proxy.stores import EVERY_POLICY, AuditRow, DeniedUrl, SqliteStore, SweepMark, VerdictCache
 from proxy.stores.memory import DENIALS_FRESH_S
+from proxy.stores.sqlite import SCHEMA, _key_denials_by_policy
+from proxy.stores.sqlite_banks import BANK_SCHEMA
 from proxy.verdict import Action, DecidedBy
 
 
@@ -132,7 +136,8 @@ async def test_a_store_from_before_per_policy_denials_is_rebuilt_keeping_every_r
     old.execute("CREATE TABLE denied_urls (url TEXT PRIMARY KEY, ts REAL NOT NULL, sha256 TEXT, "
                 "policy TEXT NOT NULL, reason TEXT NOT NULL)")
     old.executemany("INSERT INTO denied_urls VALUES (?, ?, NULL, ?, ?)",
-                    [("https://x.example/a.jpg", 1.0, "strict", "reject: flagged"), ("http://10.0.0.1/", 2.0, "strict", "blocked")])
+                    [("https://x.example/a.jpg", 1.0, "strict", "reject: flagged"),
+                     ("http://10.0.0.1/", 2.0, "strict", "blocked: 10.0.0.1 is not a public address")])
     before = old.execute("SELECT rowid, url, policy, reason FROM denied_urls ORDER BY rowid").fetchall()
     old.commit()
     old.close()
@@ -141,6 +146,8 @@ async def test_a_store_from_before_per_policy_denials_is_rebuilt_keeping_every_r
     try:
         assert await first.url_denial("https://x.example/a.jpg", "strict") == "reject: flagged"
         assert await second.url_denial("https://x.example/a.jpg", "lenient") is None
+        # a blocked address was denied to everyone, whichever policy recorded it: it still is
+        assert (await second.url_denial("http://10.0.0.1/", "lenient") or "").startswith("blocked")
         # the same URL can now be denied under a second policy without replacing the first's denial
         second.deny_url(DeniedUrl("https://x.example/a.jpg", time.time(), None, "lenient", "reject: other"))
         await second.flush()
@@ -154,4 +161,71 @@ async def test_a_store_from_before_per_policy_denials_is_rebuilt_keeping_every_r
     after = conn.execute("SELECT rowid, url, policy, reason FROM denied_urls ORDER BY rowid").fetchall()
     keyed = [row[1] for row in conn.execute("PRAGMA table_info(denied_urls)") if row[5] > 0]
     conn.close()
-    assert after[:2] == before and len(after) == 3 and sorted(keyed) == ["policy", "url"]
+    assert [row[:2] + row[3:] for row in after[:2]] == [row[:2] + row[3:] for row in before] and len(after) == 3
+    assert [row[2] for row in after] == ["strict", EVERY_POLICY, "lenient"] and sorted(keyed) == ["policy", "url"]
+
+
+OLD_DENIALS_TABLE = ("CREATE TABLE denied_urls (url TEXT PRIMARY KEY, ts REAL NOT NULL, sha256 TEXT, "
+                     "policy TEXT NOT NULL, reason TEXT NOT NULL)")
+
+
+def _old_sqlite_store(path: str, rows: list[tuple[str, float, str | None, str, str]]) -> None:
+    """A SQLite store as the release before ea4fa2f left it (denials keyed by URL alone)."""
+    old = sqlite3.connect(path)
+    old.execute("PRAGMA journal_mode=WAL")
+    old.executescript(SCHEMA)  # every other table as it is (a second opener has nothing else to create)
+    old.executescript(BANK_SCHEMA)
+    old.execute("DROP TABLE denied_urls")
+    old.execute(OLD_DENIALS_TABLE)
+    old.executemany("INSERT INTO denied_urls VALUES (?, ?, ?, ?, ?)", rows)
+    old.commit()
+    old.close()
+
+
+async def test_a_second_process_opens_an_old_store_while_the_first_still_rekeys_it(tmp_path: Path) -> None:
+    """Found by an attacker's review. serve and egress start together on one
+    audit_db (the compose examples). The first rebuilds the denials table inside BEGIN IMMEDIATE; with a
+    large table (its length is unbounded and anyone can grow it through nsfw_score) that took longer than
+    the 5 s sqlite3 waited for a lock by default, and the second process's open (its first write: BANK_SCHEMA's INSERT
+    OR IGNORE, then the rekeying's own BEGIN IMMEDIATE) failed with 'database is locked' instead of 'finding
+    it done' (now it waits up to BUSY_TIMEOUT_S). The real rekeying runs here, slowed by a progress handler to the time a
+    table of about 500,000 denials takes (300,000 took 3.3 s on this machine)."""
+    path = str(tmp_path / "old.sqlite3")
+    _old_sqlite_store(path, [("https://x.example/a.jpg", 1.0, None, "strict", "reject: flagged")])
+    in_rebuild = threading.Event()
+    errors: list[BaseException] = []
+
+    def first_process() -> None:
+        conn = sqlite3.connect(path, check_same_thread=False)
+        slept: list[bool] = []
+
+        def slow_copy() -> int:
+            if conn.in_transaction and not slept:  # inside the rekeying's BEGIN IMMEDIATE
+                slept.append(True)
+                in_rebuild.set()
+                time.sleep(5.5)
+            return 0
+
+        conn.set_progress_handler(slow_copy, 100)
+        try:
+            _key_denials_by_policy(conn)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            in_rebuild.set()
+            conn.close()
+
+    thread = threading.Thread(target=first_process, daemon=True)
+    thread.start()
+    await asyncio.to_thread(in_rebuild.wait, 10)
+    second = SqliteStore(path)
+    failure = None
+    try:
+        await second.open()
+    except sqlite3.OperationalError as exc:
+        failure = exc
+    finally:
+        await asyncio.to_thread(thread.join, 15)
+        await second.close()
+    assert not errors, errors
+    assert failure is None, f"the second process could not open the store while the first rekeyed it: {failure!r}"

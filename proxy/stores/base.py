@@ -26,7 +26,8 @@ T = TypeVar("T")
 
 
 EVERY_POLICY = "*"
-"""The policy of a denial that holds for every policy (a URL on a private or blocked address)."""
+"""The policy of a denial that holds for every policy: what a replica of the release before per-policy
+denials announces, and an old store's denials of blocked addresses. Current code writes none."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class AuditRow:
 class DeniedUrl:
     """A URL that must not be fetched or stored downstream (an inbox `strip`, a flagged ingestion), for the
     instances of ``policy`` (a verdict is a policy's: another policy judges the URL's bytes itself), or for
-    every instance when ``policy`` is :data:`EVERY_POLICY` (an address no one may fetch)."""
+    every instance when ``policy`` is :data:`EVERY_POLICY`."""
 
     url: str
     ts: float

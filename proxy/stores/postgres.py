@@ -84,11 +84,26 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     );
     """),
     (3, """
-    ALTER TABLE denied_urls DROP CONSTRAINT denied_urls_pkey;
-    ALTER TABLE denied_urls ADD PRIMARY KEY (url, policy);
+    CREATE TABLE url_denials (
+        url TEXT NOT NULL,
+        ts DOUBLE PRECISION NOT NULL,
+        sha256 TEXT,
+        policy TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (url, policy)
+    );
+    INSERT INTO url_denials (url, ts, sha256, policy, reason)
+        SELECT url, ts, sha256, CASE WHEN reason LIKE 'blocked:%' THEN '*' ELSE policy END, reason FROM denied_urls;
     """),
 )
-"""(version, SQL): append only; a shipped migration is never edited. 3: URL denials per policy."""
+"""(version, SQL): append only; a shipped migration is never edited.
+
+3: URL denials per policy, in ``url_denials`` keyed by (url, policy); old rows are copied (a blocked
+address's for every policy, ``*``). ``denied_urls`` stays for replicas of the release before, still
+running during a rolling upgrade: their upsert names its (url) key, and what they write there after the
+migration is read as a denial for every policy, as they meant it."""
+OLD_DENIALS_GRACE_S = 300.0
+"""Rows of the old table this long before migration 3's time are read too (a write racing the copy)."""
 UPSERT_SWEEP = (
     "INSERT INTO sweep_progress (source, key, version, size, policy, sha256, outcome, action, ts) "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (source, key) DO UPDATE SET version = EXCLUDED.version, "
@@ -106,7 +121,7 @@ UPSERT_VERDICT = (
     "scores = EXCLUDED.scores WHERE verdicts.ts <= EXCLUDED.ts"
 )
 UPSERT_DENIAL = (
-    "INSERT INTO denied_urls (url, ts, sha256, policy, reason) VALUES ($1, $2, $3, $4, $5) "
+    "INSERT INTO url_denials (url, ts, sha256, policy, reason) VALUES ($1, $2, $3, $4, $5) "
     "ON CONFLICT (url, policy) DO UPDATE SET ts = EXCLUDED.ts, sha256 = EXCLUDED.sha256, reason = EXCLUDED.reason"
 )
 
@@ -139,6 +154,7 @@ class PostgresStore(VerdictStore):
         self._listener: asyncpg.Connection | None = None
         self._watchers: list[Callable[[str, str, str], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._old_denials_since = 0.0
 
     async def open(self) -> None:
         # every connection opens here (asyncpg reads ~/.pgpass when it connects: a file look-up, once)
@@ -146,6 +162,9 @@ class PostgresStore(VerdictStore):
                                              max_inactive_connection_lifetime=0)
         async with self._pool.acquire() as conn:
             applied = await migrate(conn)
+            migrated = await conn.fetchval("SELECT extract(epoch FROM applied_at) FROM schema_migrations "
+                                           "WHERE version = 3")
+        self._old_denials_since = float(migrated) - OLD_DENIALS_GRACE_S
         if applied:
             log.info("store: applied migrations %s", applied)
         loop = asyncio.get_running_loop()
@@ -221,8 +240,11 @@ class PostgresStore(VerdictStore):
 
     async def url_denial(self, url: str, policy: str) -> str | None:
         assert self._pool is not None
-        reason = await self._pool.fetchval("SELECT reason FROM denied_urls WHERE url = $1 AND policy IN ($2, $3) "
-                                           "LIMIT 1", url, policy, EVERY_POLICY)
+        # the old table holds what replicas of the release before wrote since the migration (for everyone)
+        reason = await self._pool.fetchval(
+            "SELECT reason FROM url_denials WHERE url = $1 AND policy IN ($2, $3) UNION ALL "
+            "SELECT reason FROM denied_urls WHERE url = $1 AND ts >= $4 LIMIT 1",
+            url, policy, EVERY_POLICY, self._old_denials_since)
         return str(reason) if reason is not None else None
 
     async def model_verdict(self, sha256: str, policy: str, ttl_s: float) -> StoredVerdict | None:

@@ -23,6 +23,9 @@ import contextlib
 
 log = logging.getLogger(__name__)
 
+BUSY_TIMEOUT_S = 60.0
+"""How long a write waits for another process's lock on the file before it fails (sqlite3's default: 5 s)."""
+
 DENIED_URLS_COLUMNS = """(
     url TEXT NOT NULL,
     ts REAL NOT NULL,
@@ -92,8 +95,10 @@ def _key_denials_by_policy(conn: sqlite3.Connection) -> None:
             if not keyed():
                 conn.execute(f"CREATE TABLE denied_urls_by_policy {DENIED_URLS_COLUMNS}")
                 # the rowids are kept: other processes' cursors over new denials stay valid
+                # (a blocked address was denied to everyone, whichever policy recorded it)
                 conn.execute("INSERT INTO denied_urls_by_policy (rowid, url, ts, sha256, policy, reason) "
-                             "SELECT rowid, url, ts, sha256, policy, reason FROM denied_urls")
+                             "SELECT rowid, url, ts, sha256, CASE WHEN reason LIKE 'blocked:%' THEN ? ELSE policy END, "
+                             "reason FROM denied_urls", (EVERY_POLICY,))
                 conn.execute("DROP TABLE denied_urls")
                 conn.execute("ALTER TABLE denied_urls_by_policy RENAME TO denied_urls")
                 log.info("store: URL denials are now kept per policy (table rebuilt)")
@@ -117,7 +122,8 @@ class SqliteStore(SqliteBanks, VerdictStore):
     def _open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False)
+        # another process may hold the write lock for a while (rekeying a large old store at start)
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.executescript(SCHEMA)
         conn.executescript(BANK_SCHEMA)
