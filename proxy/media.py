@@ -26,6 +26,7 @@ import binascii
 import io
 import math
 import re
+import struct
 import time
 import urllib.parse
 import zlib
@@ -372,6 +373,39 @@ def _check_pixels(width: int, height: int, limits: MediaLimits) -> None:
         )
 
 
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+"""EXIF orientation -> the transpose that shows the picture upright (what ``ImageOps.exif_transpose`` does)."""
+
+
+def _png_colour_key(data: bytes, img: Image.Image, frames: int) -> np.ndarray | None:
+    """A PNG colour key (tRNS on a grey or RGB image) as libpng, and so browsers, apply it. Pillow scales
+    2- and 4-bit grey samples to 8 bits but not the key, and compares a 16-bit RGB key with the 8-bit
+    samples it keeps: here the key is masked to the bit depth and scaled as the samples are (in
+    ``img.info``), and a 16-bit RGB key becomes a mask of the keyed pixels read at 16 bits by OpenCV's
+    libpng (returned; ``transparency`` dropped from ``img.info``)."""
+    key = img.info.get("transparency")
+    if key is None or len(data) < 26 or data[12:16] != b"IHDR":
+        return None
+    depth, colour = data[24], data[25]
+    if colour == 0 and depth < 16 and isinstance(key, int):
+        top = (1 << depth) - 1
+        img.info["transparency"] = (key & top) * (255 // top)
+    elif colour == 2 and depth == 8 and isinstance(key, tuple):
+        img.info["transparency"] = tuple(v & 0xFF for v in key)
+    elif colour == 2 and depth == 16:
+        if frames > 1:
+            raise MediaError("corrupt", "png: a 16-bit RGB animation with a colour key cannot be judged as shown")
+        read = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if read is None or read.ndim != 3 or read.shape[2] != 4 or read.shape[:2] != (img.height, img.width):
+            raise MediaError("corrupt", "png: a 16-bit colour key that cannot be read")
+        del img.info["transparency"]
+        mask: np.ndarray = read[..., 3] == 0
+        return mask
+    return None
+
+
 def _decode_image(data: bytes, mime: str, limits: MediaLimits, size: int, c: _Collector) -> Decoded:
     try:
         img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS.get(mime))
@@ -392,6 +426,7 @@ def _decode_image(data: bytes, mime: str, limits: MediaLimits, size: int, c: _Co
             tile = max((max(b[2] - b[0], b[3] - b[1]) for b in boxes), default=max(width, height))
             scale = min(1.0, max(2 * size / max(width, height), size / tile))
             img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+        key_mask = _png_colour_key(data, img, total) if img.format == "PNG" else None
         try:
             orientation = img.getexif().get(0x0112, 1)
         except Exception:  # a broken EXIF block is no reason to refuse; the pixels are what we judge
@@ -403,7 +438,12 @@ def _decode_image(data: bytes, mime: str, limits: MediaLimits, size: int, c: _Co
                     img.seek(index)
                 img.load()
                 frame: Image.Image = img
-                if orientation != 1:
+                if key_mask is not None:  # one frame: the colour key read at 16 bits
+                    frame = img.convert("RGBA")
+                    frame.putalpha(Image.fromarray(np.where(key_mask, 0, 255).astype(np.uint8)))
+                    if orientation in _TRANSPOSE:
+                        frame = frame.transpose(_TRANSPOSE[orientation])
+                elif orientation != 1:
                     frame = ImageOps.exif_transpose(img)
                 if total > 1 and c.is_duplicate(_thumb(frame)):
                     continue
@@ -653,10 +693,64 @@ def _decode(data: bytes, limits: MediaLimits, size: int, deadline: float, depth:
         return _decode_svg(data, limits, size, c, depth)
     if mime == ZIP_TYPE:
         return _decode_zip(data, limits, size, c, depth)
+    if mime == ICO_TYPE:
+        return _decode_icon(data, limits, size, c, depth)
     return _decode_image(data, mime, limits, size, c)
 
 
 MAX_ZIP_ENTRIES = 1000
+
+
+ICO_TYPE = "image/x-icon"
+
+
+def _decode_icon(data: bytes, limits: MediaLimits, size: int, c: _Collector, depth: int) -> Decoded:
+    """Every picture of an icon, since a browser picks whichever size fits: a PNG entry decoded as the PNG
+    it is (Pillow's icon reader drops its tRNS, the transparency a browser applies), a bitmap entry by
+    Pillow (with its AND mask), each checked against the pixel limit from its own header first."""
+    from PIL import IcoImagePlugin
+
+    if len(data) < 6:
+        raise MediaError("corrupt", "icon: no header")
+    count = int.from_bytes(data[4:6], "little")
+    if count > limits.max_total_frames:
+        raise MediaError("too_many_frames", f"icon with {count} pictures, over {limits.max_total_frames}")
+    entries = []
+    for i in range(count):
+        entry = data[6 + 16 * i:22 + 16 * i]
+        if len(entry) < 16:
+            raise MediaError("corrupt", "icon: directory cut short")
+        length, offset = int.from_bytes(entry[8:12], "little"), int.from_bytes(entry[12:16], "little")
+        if length < 8 or offset + length > len(data):
+            raise MediaError("corrupt", f"icon: picture {i} lies outside the file")
+        entries.append((offset, length))
+    if not entries:
+        raise MediaError("corrupt", "icon: no pictures")
+    width = height = 0
+    try:
+        icon = IcoImagePlugin.IcoFile(io.BytesIO(data))
+        for i, (offset, length) in enumerate(entries):
+            c.check_deadline()
+            blob = data[offset:offset + length]
+            if blob.startswith(b"\x89PNG\r\n\x1a\n"):
+                inner = _decode(blob, limits, size, c.deadline, depth + 1)
+                views = list(zip(inner.frames, inner.views, strict=True))
+                w, h = inner.width, inner.height
+            else:  # BITMAPINFOHEADER: width, then twice the height (the picture and its AND mask)
+                if len(blob) < 12:
+                    raise MediaError("corrupt", f"icon: picture {i} has no bitmap header")
+                w = abs(int.from_bytes(blob[4:8], "little", signed=True))
+                h = abs(int.from_bytes(blob[8:12], "little", signed=True)) // 2
+                _check_pixels(w, h, limits)
+                # Pillow sorts its entries by size: find this one by where its picture lies
+                picture = icon.frame(next(k for k, e in enumerate(icon.entry) if e.offset == offset))
+                picture.load()
+                views = [(f, n) for f, n in _views(picture, "image", size, limits, c)]
+            width, height = max(width, w), max(height, h)
+            c.add([(f, f"icon picture {i}: {n}") for f, n in views])
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+        raise MediaError("corrupt", f"icon: {exc}") from None
+    return Decoded(ICO_TYPE, width, height, len(entries), c.frames, c.views)
 
 
 def _decode_zip(data: bytes, limits: MediaLimits, size: int, c: _Collector, depth: int) -> Decoded:

@@ -173,3 +173,49 @@ async def test_an_older_replica_still_writes_denials_after_migration_3(postgres_
         assert await store.url_denial(url, "main") == "reject: portrait"
     finally:
         await store.close()
+
+
+async def test_an_older_replica_with_a_slow_clock_still_denies(postgres_url: str) -> None:
+    """Found by an attacker's review of a first fix that read the old table by a time window: what a
+    replica of the release before writes to denied_urls after migration 3 counts, whatever its clock (here
+    10 minutes behind the database's), for every policy, after the NOTIFY is gone too (a restart, a
+    dropped LISTEN connection, the cache's TTL)."""
+    store = PostgresStore(postgres_url)
+    await store.open()  # the upgraded replica applies migration 3 now
+    try:
+        url = "https://media.example/files/flagged.jpg"
+        old = await asyncpg.connect(postgres_url)
+        try:
+            await old.execute(OLD_UPSERT_DENIAL, url, time.time() - 600.0, "a" * 64, "main", "reject: portrait")
+        finally:
+            await old.close()
+        assert await store.url_denial(url, "main") == "reject: portrait"
+    finally:
+        await store.close()
+
+
+async def test_a_denial_from_just_before_migration_3_stays_its_policys_own(postgres_url: str) -> None:
+    """Found by an attacker's review of the same time window: a denial written by the old release a minute
+    before migration 3 was read from the old table as a denial for every policy, for good, and deleting its
+    url_denials row (README's way to lift a denial) did not lift it. It is its policy's own."""
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        async with conn.transaction():  # version 2, holding a denial written a minute ago by the old release
+            await conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+                               "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            for version, sql in MIGRATIONS[:2]:
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            await conn.execute("INSERT INTO denied_urls VALUES ('https://x.example/a.jpg', $1, NULL, 'strict', "
+                               "'reject: portrait')", time.time() - 60.0)
+    finally:
+        await conn.close()
+    store = PostgresStore(postgres_url)
+    await store.open()  # migration 3 now
+    try:
+        assert await store.url_denial("https://x.example/a.jpg", "strict") == "reject: portrait"
+        assert await store.url_denial("https://x.example/a.jpg", "lenient") is None
+        await store.fetch("DELETE FROM url_denials WHERE url = 'https://x.example/a.jpg'")
+        assert await store.url_denial("https://x.example/a.jpg", "strict") is None  # lifted
+    finally:
+        await store.close()

@@ -92,18 +92,26 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         reason TEXT NOT NULL,
         PRIMARY KEY (url, policy)
     );
+    CREATE FUNCTION ffp_old_denial_for_every_policy() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO url_denials (url, ts, sha256, policy, reason) VALUES (NEW.url, NEW.ts, NEW.sha256, '*', NEW.reason)
+        ON CONFLICT (url, policy) DO UPDATE SET ts = EXCLUDED.ts, sha256 = EXCLUDED.sha256, reason = EXCLUDED.reason;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER old_denial_for_every_policy AFTER INSERT OR UPDATE ON denied_urls
+        FOR EACH ROW EXECUTE FUNCTION ffp_old_denial_for_every_policy();
     INSERT INTO url_denials (url, ts, sha256, policy, reason)
         SELECT url, ts, sha256, CASE WHEN reason LIKE 'blocked:%' THEN '*' ELSE policy END, reason FROM denied_urls;
     """),
 )
 """(version, SQL): append only; a shipped migration is never edited.
 
-3: URL denials per policy, in ``url_denials`` keyed by (url, policy); old rows are copied (a blocked
-address's for every policy, ``*``). ``denied_urls`` stays for replicas of the release before, still
-running during a rolling upgrade: their upsert names its (url) key, and what they write there after the
-migration is read as a denial for every policy, as they meant it."""
-OLD_DENIALS_GRACE_S = 300.0
-"""Rows of the old table this long before migration 3's time are read too (a write racing the copy)."""
+3: URL denials per policy, in ``url_denials`` keyed by (url, policy); the old rows are copied (a blocked
+address's for every policy, ``*``). ``denied_urls`` stays for replicas of the release before, still running
+during a rolling upgrade (their upsert names its (url) key): a trigger copies what they write there into
+``url_denials`` for every policy, as they meant it. The trigger exists before the copy, under a lock that
+holds their writes back until the migration commits, so no write falls between the two."""
 UPSERT_SWEEP = (
     "INSERT INTO sweep_progress (source, key, version, size, policy, sha256, outcome, action, ts) "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (source, key) DO UPDATE SET version = EXCLUDED.version, "
@@ -154,7 +162,6 @@ class PostgresStore(VerdictStore):
         self._listener: asyncpg.Connection | None = None
         self._watchers: list[Callable[[str, str, str], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._old_denials_since = 0.0
 
     async def open(self) -> None:
         # every connection opens here (asyncpg reads ~/.pgpass when it connects: a file look-up, once)
@@ -162,9 +169,6 @@ class PostgresStore(VerdictStore):
                                              max_inactive_connection_lifetime=0)
         async with self._pool.acquire() as conn:
             applied = await migrate(conn)
-            migrated = await conn.fetchval("SELECT extract(epoch FROM applied_at) FROM schema_migrations "
-                                           "WHERE version = 3")
-        self._old_denials_since = float(migrated) - OLD_DENIALS_GRACE_S
         if applied:
             log.info("store: applied migrations %s", applied)
         loop = asyncio.get_running_loop()
@@ -240,11 +244,8 @@ class PostgresStore(VerdictStore):
 
     async def url_denial(self, url: str, policy: str) -> str | None:
         assert self._pool is not None
-        # the old table holds what replicas of the release before wrote since the migration (for everyone)
-        reason = await self._pool.fetchval(
-            "SELECT reason FROM url_denials WHERE url = $1 AND policy IN ($2, $3) UNION ALL "
-            "SELECT reason FROM denied_urls WHERE url = $1 AND ts >= $4 LIMIT 1",
-            url, policy, EVERY_POLICY, self._old_denials_since)
+        reason = await self._pool.fetchval("SELECT reason FROM url_denials WHERE url = $1 AND policy IN ($2, $3) "
+                                           "LIMIT 1", url, policy, EVERY_POLICY)
         return str(reason) if reason is not None else None
 
     async def model_verdict(self, sha256: str, policy: str, ttl_s: float) -> StoredVerdict | None:
