@@ -200,7 +200,13 @@ class EgressAddon:
                      resp.headers.get("Content-Type", "no type"))
             self._refuse(flow, 403, "reject: unsupported binary content")
             return
-        verdict = await self._judge(body, url)
+        try:
+            verdict = await self._judge(body, url)
+        except Exception:  # mitmproxy would log an addon's error and pass the response on, unjudged
+            log.exception("egress: judging %s failed: refused", url)
+            self.metrics.egress.labels("error").inc()
+            self._refuse(flow, 502, "could not be judged")
+            return
         if verdict.accepted:
             self.metrics.egress.labels("accepted").inc()
             return

@@ -379,6 +379,28 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
 """EXIF orientation -> the transpose that shows the picture upright (what ``ImageOps.exif_transpose`` does)."""
 
 
+def _check_png_chunks(data: bytes) -> None:
+    """Refuse a tRNS chunk that libpng (browsers) ignores and Pillow applies: a second one, one after the
+    image data (Pillow reads it while loading and takes the last), one before a palette. Benign encoders
+    write none of these; judging such a file as Pillow reads it would judge a picture no viewer shows."""
+    pos, seen_palette, seen_data, seen_trns = 8, False, False, False
+    colour = data[25] if len(data) > 25 else -1
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        if kind == b"tRNS":
+            if seen_trns or seen_data or (colour == 3 and not seen_palette):
+                raise MediaError("corrupt", "png: a transparency chunk out of place (viewers ignore it, Pillow does not)")
+            seen_trns = True
+        elif kind == b"PLTE":
+            seen_palette = True
+        elif kind in (b"IDAT", b"fdAT"):
+            seen_data = True
+        elif kind == b"IEND":
+            return
+        pos += 12 + length
+
+
 def _png_colour_key(data: bytes, img: Image.Image, frames: int) -> np.ndarray | None:
     """A PNG colour key (tRNS on a grey or RGB image) as libpng, and so browsers, apply it. Pillow scales
     2- and 4-bit grey samples to 8 bits but not the key, and compares a 16-bit RGB key with the 8-bit
@@ -426,6 +448,8 @@ def _decode_image(data: bytes, mime: str, limits: MediaLimits, size: int, c: _Co
             tile = max((max(b[2] - b[0], b[3] - b[1]) for b in boxes), default=max(width, height))
             scale = min(1.0, max(2 * size / max(width, height), size / tile))
             img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+        if img.format == "PNG":
+            _check_png_chunks(data)
         key_mask = _png_colour_key(data, img, total) if img.format == "PNG" else None
         try:
             orientation = img.getexif().get(0x0112, 1)
@@ -745,7 +769,12 @@ def _decode_icon(data: bytes, limits: MediaLimits, size: int, c: _Collector, dep
                 # Pillow sorts its entries by size: find this one by where its picture lies
                 picture = icon.frame(next(k for k, e in enumerate(icon.entry) if e.offset == offset))
                 picture.load()
-                views = [(f, n) for f, n in _views(picture, "image", size, limits, c)]
+                views = _views(picture, "image", size, limits, c)
+                if picture.mode == "RGBA":
+                    # browsers place and orient the AND mask, and read a 32-bit entry's alpha, unlike Pillow
+                    # (where the mask starts, top-down bitmaps, all-zero alpha drawn opaque): the pixels are
+                    # also judged with nothing masked, which shows whatever any of them can show
+                    views += _views(picture.convert("RGB"), "image, unmasked", size, limits, c)
             width, height = max(width, w), max(height, h)
             c.add([(f, f"icon picture {i}: {n}") for f, n in views])
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:

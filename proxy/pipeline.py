@@ -216,6 +216,9 @@ class Pipeline:
             self.metrics.overload.labels("decode").inc()
             return self._fallback(policy, ErrorKind.OVERLOADED,
                                   f"no decode worker free within {policy.timeout_ms} ms", sha256, source)
+        except Exception as exc:  # a decoder's own bug: never an unjudged pass (the egress would let it through)
+            log.exception("decoding %s failed unexpectedly", sha256[:12])
+            return self._fallback(policy, ErrorKind.INTERNAL, f"decoder error: {type(exc).__name__}", sha256, source)
 
         if listed is not None:
             return listed

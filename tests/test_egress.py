@@ -190,3 +190,27 @@ async def test_a_denial_written_by_another_process_is_honoured_within_a_bounded_
     assert headers["X-Fedi-Filter"] == "denied: denied by another process"
     await asyncio.sleep(DENIALS_FRESH_S)
     assert (await get(proxy, url))[0] == 403
+
+
+async def test_a_judge_that_fails_unexpectedly_refuses_and_never_passes(egress, aiohttp_server, monkeypatch) -> None:
+    """Found by an attacker's review: mitmproxy logs an addon's exception and passes the response on, so an
+    unexpected error while judging was an unjudged pass. A decoder's own bug is on_error (reject); anything
+    else in the judgement refuses the response (502)."""
+    e, proxy = egress
+    media = await aiohttp_server(media_app())
+    base = f"http://127.0.0.1:{media.port}"
+
+    def broken_decoder(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a decoder bug")
+
+    monkeypatch.setattr("proxy.pipeline.decode", broken_decoder)
+    status, _, headers = await get(proxy, f"{base}/img/coffee.jpg")
+    assert status == 403 and headers["X-Fedi-Filter"].startswith("reject"), headers
+    assert "decoder error: RuntimeError" in headers["X-Fedi-Filter"]
+
+    async def broken_judge(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a judge bug")
+
+    monkeypatch.setattr(e.services.pipeline, "judge", broken_judge)
+    status, body, _ = await get(proxy, f"{base}/img/rocket.jpg")
+    assert status == 502 and body != photo("rocket")
