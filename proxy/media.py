@@ -464,7 +464,7 @@ def _decode_image(data: bytes, mime: str, limits: MediaLimits, size: int, c: _Co
                 frame: Image.Image = img
                 if key_mask is not None:  # one frame: the colour key read at 16 bits
                     frame = img.convert("RGBA")
-                    frame.putalpha(Image.fromarray(np.where(key_mask, 0, 255).astype(np.uint8)))
+                    frame.putalpha(Image.fromarray(np.where(key_mask, np.uint8(0), np.uint8(255))))
                     if orientation in _TRANSPOSE:
                         frame = frame.transpose(_TRANSPOSE[orientation])
                 elif orientation != 1:
