@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import math
 import re
@@ -373,6 +374,60 @@ def _check_pixels(width: int, height: int, limits: MediaLimits) -> None:
         )
 
 
+ICC_MATERIAL_DIFF = 12.0
+"""Mean difference (0-255) between a picture as its ICC profile shows it and its raw samples past which the
+raw samples are judged too (a viewer that manages no colour shows those)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _icc_transform(profile: bytes, mode: str) -> tuple[Any, str] | None:
+    """littleCMS's transform from an embedded profile to sRGB for pictures of ``mode``, and the mode the
+    picture must be in for it; None when the profile's colour space does not fit the picture (viewers then
+    ignore the profile). Raises ``PyCMSError`` (or OSError) for a profile littleCMS cannot read."""
+    from PIL import ImageCms
+
+    source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    space = source.profile.xcolor_space.strip()
+    alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or mode == "P"
+    if space == "RGB" and mode not in ("CMYK", "L", "1", "I", "I;16", "F"):
+        into = "RGBA" if alpha else "RGB"
+    elif space == "GRAY" and mode in ("L", "1"):
+        into = "L"
+    elif space == "CMYK" and mode == "CMYK":
+        into = "CMYK"
+    else:
+        return None
+    srgb = ImageCms.createProfile("sRGB")
+    return ImageCms.buildTransform(source, srgb, into, "RGBA" if into == "RGBA" else "RGB"), into
+
+
+def _as_shown(frame: Image.Image, profile: bytes | None) -> list[tuple[Image.Image, str]]:
+    """The picture as a colour-managed viewer (every browser) shows it: converted to sRGB through its
+    embedded ICC profile, which can move every sample anywhere (a profile that stretches samples 240..255
+    to black..white shows a face the raw samples hide). The raw samples are judged too when they look
+    materially different. A profile littleCMS cannot apply is refused: the picture cannot be judged as shown."""
+    if not profile:
+        return [(frame, "")]
+    from PIL import ImageCms
+
+    try:
+        found = _icc_transform(bytes(profile), frame.mode)
+        if found is None:
+            return [(frame, "")]
+        transform, into = found
+        source = frame if frame.mode == into else frame.convert(into)
+        shown = ImageCms.applyTransform(source, transform)
+    except (ImageCms.PyCMSError, OSError, ValueError) as exc:
+        raise MediaError("corrupt", f"an ICC colour profile that cannot be applied: {exc}") from None
+    assert shown is not None
+    raw = frame.convert(shown.mode)
+    small = (64, 64)
+    diff = np.abs(np.asarray(shown.resize(small), np.int16) - np.asarray(raw.resize(small), np.int16)).mean()
+    if float(diff) > ICC_MATERIAL_DIFF:
+        return [(shown, ""), (raw, " (raw samples, its colour profile ignored)")]
+    return [(shown, "")]
+
+
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
               8: Image.Transpose.ROTATE_90}
@@ -471,7 +526,9 @@ def _decode_image(data: bytes, mime: str, limits: MediaLimits, size: int, c: _Co
                     frame = ImageOps.exif_transpose(img)
                 if total > 1 and c.is_duplicate(_thumb(frame)):
                     continue
-                c.add(_views(frame, f"frame {index}" if total > 1 else "image", size, limits, c, animated=total > 1))
+                name = f"frame {index}" if total > 1 else "image"
+                for shown, how in _as_shown(frame, img.info.get("icc_profile")):
+                    c.add(_views(shown, name + how, size, limits, c, animated=total > 1))
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise MediaError("corrupt", f"{mime}: {exc}") from None
     return Decoded(mime, width, height, total, c.frames, c.views)
