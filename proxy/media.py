@@ -401,7 +401,7 @@ def _icc_transform(profile: bytes, mode: str) -> tuple[Any, str] | None:
     return ImageCms.buildTransform(source, srgb, into, "RGBA" if into == "RGBA" else "RGB"), into
 
 
-def _as_shown(frame: Image.Image, profile: bytes | None) -> list[tuple[Image.Image, str]]:
+def _as_shown(frame: Image.Image, profile: bytes | None, size: int, limits: MediaLimits) -> list[tuple[Image.Image, str]]:
     """The picture as a colour-managed viewer (every browser) shows it: converted to sRGB through its
     embedded ICC profile, which can move every sample anywhere (a profile that stretches samples 240..255
     to black..white shows a face the raw samples hide). The raw samples are judged too when they look
@@ -416,13 +416,16 @@ def _as_shown(frame: Image.Image, profile: bytes | None) -> list[tuple[Image.Ima
             return [(frame, "")]
         transform, into = found
         source = frame if frame.mode == into else frame.convert(into)
+        if into != "CMYK" and not tile_plan(source.width, source.height, size, limits.max_tiles):
+            source = _fit(source, size)  # judged as one view: colour-managed at the size it is judged (4x cheaper)
         shown = ImageCms.applyTransform(source, transform)
+        thumb = source.resize((64, 64), Image.Resampling.BOX)
+        shown_thumb = ImageCms.applyTransform(thumb, transform)
     except (ImageCms.PyCMSError, OSError, ValueError) as exc:
         raise MediaError("corrupt", f"an ICC colour profile that cannot be applied: {exc}") from None
-    assert shown is not None
-    raw = frame.convert(shown.mode)
-    small = (64, 64)
-    diff = np.abs(np.asarray(shown.resize(small), np.int16) - np.asarray(raw.resize(small), np.int16)).mean()
+    assert shown is not None and shown_thumb is not None
+    raw = source.convert(shown.mode)
+    diff = np.abs(np.asarray(shown_thumb, np.int16) - np.asarray(thumb.convert(shown.mode), np.int16)).mean()
     if float(diff) > ICC_MATERIAL_DIFF:
         return [(shown, ""), (raw, " (raw samples, its colour profile ignored)")]
     return [(shown, "")]
@@ -527,7 +530,7 @@ def _decode_image(data: bytes, mime: str, limits: MediaLimits, size: int, c: _Co
                 if total > 1 and c.is_duplicate(_thumb(frame)):
                     continue
                 name = f"frame {index}" if total > 1 else "image"
-                for shown, how in _as_shown(frame, img.info.get("icc_profile")):
+                for shown, how in _as_shown(frame, img.info.get("icc_profile"), size, limits):
                     c.add(_views(shown, name + how, size, limits, c, animated=total > 1))
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise MediaError("corrupt", f"{mime}: {exc}") from None
