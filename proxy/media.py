@@ -380,54 +380,60 @@ raw samples are judged too (a viewer that manages no colour shows those)."""
 
 
 @functools.lru_cache(maxsize=64)
-def _icc_transform(profile: bytes, mode: str) -> tuple[Any, str] | None:
-    """littleCMS's transform from an embedded profile to sRGB for pictures of ``mode``, and the mode the
-    picture must be in for it; None when the profile's colour space does not fit the picture (viewers then
-    ignore the profile). Raises ``PyCMSError`` (or OSError) for a profile littleCMS cannot read."""
+def _icc_transform(profile: bytes, space: str, mode: str) -> Any:
+    """littleCMS's transform from an embedded profile to sRGB for pictures of ``mode`` (RGB, RGBA, L or
+    CMYK), when the profile's colour space is ``space``; None when it is another one (viewers then ignore
+    the profile). Raises ``PyCMSError`` (or OSError) for a profile littleCMS cannot read."""
     from PIL import ImageCms
 
     source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
-    space = source.profile.xcolor_space.strip()
-    alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or mode == "P"
-    if space == "RGB" and mode not in ("CMYK", "L", "1", "I", "I;16", "F"):
-        into = "RGBA" if alpha else "RGB"
-    elif space == "GRAY" and mode in ("L", "1"):
-        into = "L"
-    elif space == "CMYK" and mode == "CMYK":
-        into = "CMYK"
-    else:
+    if source.profile.xcolor_space.strip() != space:
         return None
-    srgb = ImageCms.createProfile("sRGB")
-    return ImageCms.buildTransform(source, srgb, into, "RGBA" if into == "RGBA" else "RGB"), into
+    return ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), mode, "RGBA" if mode == "RGBA" else "RGB")
 
 
 def _as_shown(frame: Image.Image, profile: bytes | None, size: int, limits: MediaLimits) -> list[tuple[Image.Image, str]]:
     """The picture as a colour-managed viewer (every browser) shows it: converted to sRGB through its
     embedded ICC profile, which can move every sample anywhere (a profile that stretches samples 240..255
     to black..white shows a face the raw samples hide). The raw samples are judged too when they look
-    materially different. A profile littleCMS cannot apply is refused: the picture cannot be judged as shown."""
+    materially different. A profile littleCMS cannot apply is refused: the picture cannot be judged as shown.
+    Transparency (alpha, colour keys) is applied first and kept."""
     if not profile:
         return [(frame, "")]
     from PIL import ImageCms
 
+    grey = frame.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
     try:
-        found = _icc_transform(bytes(profile), frame.mode)
-        if found is None:
+        if frame.mode == "CMYK":
+            source, space, into = frame, "CMYK", "CMYK"
+        else:
+            source = _normalise(frame)  # RGB or RGBA, keys applied, 8 bits
+            space, into = ("GRAY", "L") if grey else ("RGB", source.mode)
+        transform = _icc_transform(bytes(profile), space, into)
+        if transform is None:
             return [(frame, "")]
-        transform, into = found
-        source = frame if frame.mode == into else frame.convert(into)
         if into != "CMYK" and not tile_plan(source.width, source.height, size, limits.max_tiles):
             source = _fit(source, size)  # judged as one view: colour-managed at the size it is judged (4x cheaper)
-        shown = ImageCms.applyTransform(source, transform)
+        alpha = source.getchannel("A") if source.mode == "RGBA" and into == "L" else None
+
+        def managed(img: Image.Image) -> Image.Image:
+            out = ImageCms.applyTransform(img.convert("L") if into == "L" else img, transform)
+            assert out is not None
+            if alpha is not None and img.size == alpha.size:
+                out = out.convert("RGBA")
+                out.putalpha(alpha)
+            return out
+
+        shown = managed(source)
         thumb = source.resize((64, 64), Image.Resampling.BOX)
-        shown_thumb = ImageCms.applyTransform(thumb, transform)
+        shown_thumb = ImageCms.applyTransform(thumb.convert("L") if into == "L" else thumb, transform)
     except (ImageCms.PyCMSError, OSError, ValueError) as exc:
         raise MediaError("corrupt", f"an ICC colour profile that cannot be applied: {exc}") from None
-    assert shown is not None and shown_thumb is not None
-    raw = source.convert(shown.mode)
-    diff = np.abs(np.asarray(shown_thumb, np.int16) - np.asarray(thumb.convert(shown.mode), np.int16)).mean()
+    assert shown_thumb is not None
+    modes = "RGBA" if shown_thumb.mode == "RGBA" else "RGB"
+    diff = np.abs(np.asarray(shown_thumb.convert(modes), np.int16) - np.asarray(thumb.convert(modes), np.int16)).mean()
     if float(diff) > ICC_MATERIAL_DIFF:
-        return [(shown, ""), (raw, " (raw samples, its colour profile ignored)")]
+        return [(shown, ""), (source if source.mode != "CMYK" else frame, " (raw samples, its colour profile ignored)")]
     return [(shown, "")]
 
 

@@ -128,3 +128,20 @@ def test_a_profile_that_cannot_be_applied_is_refused_as_corrupt() -> None:
     else:
         raise AssertionError("a picture whose profile cannot be read was judged as its raw samples")
 
+
+
+def test_a_colour_key_survives_colour_management() -> None:
+    """Transparency is applied before the profile and kept: a keyed half of a tagged picture is still judged
+    as the page showing through it (on light and on dark), in the managed view and in the raw one."""
+    stored = np.asarray(photo_image(FACE).convert("RGB")).astype(np.float64)
+    stored = np.round(240 + stored / 255.0 * 15).astype(np.uint8) | 1  # odd: no pixel has the even key
+    stored[:, : stored.shape[1] // 2] = (2, 4, 6)
+    out = io.BytesIO()
+    Image.fromarray(stored).save(out, "PNG", transparency=(2, 4, 6), icc_profile=_stretch_profile(240, 255))
+    decoded = decode(out.getvalue(), MediaLimits())
+    assert decoded.views == ["image on light", "image on dark", "image (raw samples, its colour profile ignored) on light",
+                             "image (raw samples, its colour profile ignored) on dark"], decoded.views
+    light, dark = (np.asarray(f).astype(int) for f in decoded.frames[:2])
+    left = slice(0, light.shape[1] // 2 - 2)
+    assert light[:, left].min() >= 250 and dark[:, left].max() <= 5
+    assert np.asarray(decoded.frames[0])[:, light.shape[1] // 2 + 2:].min() < 40  # the managed half: full contrast
