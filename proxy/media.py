@@ -165,6 +165,15 @@ def _ftyp_image(data: bytes) -> str | None:
     return None
 
 
+def _is_cursor(data: bytes) -> bool:
+    """A .cur file (00 00 02 00, then its picture count and directory): told from an uncompressed TGA, which
+    starts the same way, by a count of at least one and the first picture right after the directory."""
+    if data[:4] != b"\x00\x00\x02\x00" or len(data) < 22:
+        return False
+    count = int.from_bytes(data[4:6], "little")
+    return count >= 1 and int.from_bytes(data[18:22], "little") == 6 + 16 * count
+
+
 def sniff(data: bytes) -> str | None:
     """The media type from magic bytes, or None when the bytes are no media we know."""
     for magic, offset, mime in _IMAGE_MAGIC:
@@ -184,6 +193,8 @@ def sniff(data: bytes) -> str | None:
         return "video/quicktime" if brand == b"qt  " else "video/mp4"
     if data[:2] in (b"\xff\xfe", b"\xfe\xff") and _is_svg(data[:8192].decode("utf-16", "ignore").encode()):
         return SVG_TYPE  # before MP3: its frame sync matches a UTF-16 byte-order mark
+    if _is_cursor(data):
+        return ICO_TYPE  # a cursor: an icon with hotspots, drawn by browsers as one
     if _is_bmp(data):
         return "image/bmp"
     if data[:3] == b"ID3" or _is_mp3_frame(data):
@@ -818,7 +829,7 @@ def _decode_icon(data: bytes, limits: MediaLimits, size: int, c: _Collector, dep
         raise MediaError("corrupt", "icon: no pictures")
     width = height = 0
     try:
-        icon = IcoImagePlugin.IcoFile(io.BytesIO(data))
+        icon = IcoImagePlugin.IcoFile(io.BytesIO(data[:2] + b"\x01\x00" + data[4:]))  # a cursor read as an icon
         for i, (offset, length) in enumerate(entries):
             c.check_deadline()
             blob = data[offset:offset + length]

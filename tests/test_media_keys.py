@@ -388,3 +388,19 @@ async def test_a_top_down_icon_bitmaps_and_mask_is_not_flipped(aiohttp_client: C
     on_page, judged = await _judge(aiohttp_client, bottom_up, top_down)
     assert _refused_as_face(*on_page), on_page  # the same picture and mask, stored bottom-up
     assert _refused_as_face(*judged), (judged[0], judged[1]["action"], judged[1]["decided_by"])
+
+
+async def test_a_cursor_is_judged_as_the_icon_it_is(aiohttp_client: Client) -> None:
+    """A .cur file is an icon with hotspots (type 2), and browsers draw it in an <img>: it is judged as an
+    icon, never left to on_unsupported. An uncompressed TGA, which starts with the same four bytes, is not
+    taken for one."""
+    from proxy.media import sniff
+
+    face = np.asarray(photo_image(FACE).convert("RGB").resize((128, 128)))
+    icon = _icon([(128, _bmp_entry(face))])
+    cursor = icon[:2] + b"\x02\x00" + icon[4:]
+    assert sniff(cursor) == "image/x-icon"
+    tga = b"\x00\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00\x80\x00\x80\x00\x18\x20" + b"\x00" * 128 * 128 * 3
+    assert sniff(tga) is None
+    ((status, verdict),) = await _judge(aiohttp_client, cursor)
+    assert _refused_as_face(status, verdict), verdict
