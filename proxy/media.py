@@ -403,14 +403,39 @@ def _icc_transform(profile: bytes, space: str, mode: str) -> Any:
     return ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), mode, "RGBA" if mode == "RGBA" else "RGB")
 
 
-def _as_shown(frame: Image.Image, profile: bytes | None, size: int, limits: MediaLimits) -> list[tuple[Image.Image, str]]:
+def _gamma_lut(gamma: float) -> list[int]:
+    """A PNG gAMA (no iCCP or sRGB chunk) as a browser applies it: a sample ``s`` is light ``s ** (1/gamma)``,
+    shown sRGB-encoded."""
+    out = []
+    for v in range(256):
+        light = (v / 255) ** (1 / gamma)
+        encoded = 12.92 * light if light <= 0.0031308 else 1.055 * light ** (1 / 2.4) - 0.055
+        out.append(min(255, max(0, round(encoded * 255))))
+    return out
+
+
+def _as_shown(frame: Image.Image, profile: bytes | None, size: int, limits: MediaLimits,
+              gamma: float | None = None) -> list[tuple[Image.Image, str]]:
     """The picture as a colour-managed viewer (every browser) shows it: converted to sRGB through its
     embedded ICC profile, which can move every sample anywhere (a profile that stretches samples 240..255
-    to black..white shows a face the raw samples hide). The raw samples are judged too when they look
-    materially different. A profile littleCMS cannot apply is refused: the picture cannot be judged as shown.
-    Transparency (alpha, colour keys) is applied first and kept."""
+    to black..white shows a face the raw samples hide), or through a PNG's gAMA when it has no profile. The
+    raw samples are judged too when they look materially different. A profile littleCMS cannot apply is
+    refused: the picture cannot be judged as shown. Transparency (alpha, colour keys) is applied first and
+    kept."""
     if not profile:
-        return [(frame, "")]
+        if not gamma or not 0.01 <= float(gamma) <= 100 or abs(float(gamma) - 1 / 2.2) < 0.005 or frame.mode == "CMYK":
+            return [(frame, "")]  # no gAMA, sRGB's own, or one libpng and browsers refuse
+        source = _normalise(frame)
+        if not tile_plan(source.width, source.height, size, limits.max_tiles):
+            source = _fit(source, size)
+        lut = _gamma_lut(float(gamma))
+        table = lut * 3 + (list(range(256)) if source.mode == "RGBA" else [])
+        shown = source.point(table)
+        thumb = source.resize((64, 64), Image.Resampling.BOX)
+        diff = np.abs(np.asarray(thumb.point(table), np.int16) - np.asarray(thumb, np.int16)).mean()
+        if float(diff) > ICC_MATERIAL_DIFF:
+            return [(shown, ""), (source, " (raw samples, its gamma ignored)")]
+        return [(shown, "")]
     from PIL import ImageCms
 
     grey = frame.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -547,7 +572,8 @@ def _decode_image(data: bytes, mime: str, limits: MediaLimits, size: int, c: _Co
                 if total > 1 and c.is_duplicate(_thumb(frame)):
                     continue
                 name = f"frame {index}" if total > 1 else "image"
-                for shown, how in _as_shown(frame, img.info.get("icc_profile"), size, limits):
+                gamma = img.info.get("gamma") if img.format == "PNG" and "srgb" not in img.info else None
+                for shown, how in _as_shown(frame, img.info.get("icc_profile"), size, limits, gamma):
                     c.add(_views(shown, name + how, size, limits, c, animated=total > 1))
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise MediaError("corrupt", f"{mime}: {exc}") from None

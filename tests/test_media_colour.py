@@ -145,3 +145,36 @@ def test_a_colour_key_survives_colour_management() -> None:
     left = slice(0, light.shape[1] // 2 - 2)
     assert light[:, left].min() >= 250 and dark[:, left].max() <= 5
     assert np.asarray(decoded.frames[0])[:, light.shape[1] // 2 + 2:].min() < 40  # the managed half: full contrast
+
+
+def _png_with_gamma(stored: np.ndarray, gamma: float) -> bytes:
+    """An RGB PNG with a gAMA chunk (Pillow cannot write one) and no iCCP or sRGB chunk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    h, w = stored.shape[:2]
+    raw = b"".join(b"\0" + stored[y].tobytes() for y in range(h))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"gAMA", struct.pack(">I", round(gamma * 100000))) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+async def test_a_face_washed_out_under_a_png_gamma_is_found(aiohttp_client: Client) -> None:
+    """A PNG's gAMA (without iCCP or sRGB) is applied by browsers: samples stored as light ** 0.05 look
+    near-white raw and show the full-contrast face. Judged as shown (and raw); sRGB's own gamma changes
+    nothing and gives one view."""
+    face = np.asarray(photo_image(FACE).convert("RGB")).astype(np.float64) / 255
+    light = np.where(face <= 0.04045, face / 12.92, ((face + 0.055) / 1.055) ** 2.4)
+    crafted = _png_with_gamma(np.round(255 * light ** 0.05).astype(np.uint8), 0.05)
+    assert np.asarray(Image.open(io.BytesIO(crafted))).mean() > 200  # stored: washed out
+    decoded = decode(crafted, MediaLimits())
+    assert decoded.views == ["image", "image (raw samples, its gamma ignored)"], decoded.views
+    ((status, verdict),) = await _judge(aiohttp_client, crafted)
+    assert _refused_as_face(status, verdict), verdict
+    plain = np.asarray(photo_image("coffee").convert("RGB"))
+    decoded = decode(_png_with_gamma(plain, 1 / 2.2), MediaLimits())
+    assert decoded.views == ["image"] and np.array_equal(np.asarray(decoded.frames[0]),
+                                                         np.asarray(decode(photo_png(Image.fromarray(plain)), MediaLimits()).frames[0]))
