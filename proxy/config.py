@@ -37,6 +37,7 @@ from classifier.rules import CLIP_SOURCE
 from . import backends
 from .hashing import HashList, parse_hash
 from .schema import ConfigError, Context, build, non_negative, option, positive
+from .stores.base import EVERY_POLICY
 from .verdict import Action, Fallback, InboxAction, ProblemKind
 
 __all__ = [
@@ -478,8 +479,8 @@ def _policies(value: Any, path: str, ctx: Context) -> dict[str, Policy]:
     if not isinstance(value, Mapping) or not value:
         raise ConfigError(path, "expected at least one policy")
     for name, raw in value.items():
-        if str(name) == "*":  # stores.base.EVERY_POLICY: a URL denied for "*" is denied to every policy
-            raise ConfigError(f"{path}.{name}", "'*' is reserved (it means every policy); choose another name")
+        if str(name) == EVERY_POLICY:  # a URL denied for it is denied to every policy
+            raise ConfigError(f"{path}.{name}", f"{EVERY_POLICY!r} is reserved (it means every policy); choose another name")
         ctx.policies[str(name)] = replace(build(Policy, raw, f"{path}.{name}", ctx), name=str(name))
     return dict(ctx.policies)
 

@@ -31,12 +31,13 @@ import struct
 import time
 import urllib.parse
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from .config import MediaLimits
 from .hashing import PdqHash
@@ -86,9 +87,10 @@ class MediaError(Exception):
         self.kind = InvalidKind(kind)
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _IMAGE_MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"\xff\xd8\xff", 0, "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
+    (PNG_MAGIC, 0, "image/png"),
     (b"GIF87a", 0, "image/gif"),
     (b"GIF89a", 0, "image/gif"),
     (b"II*\x00", 0, "image/tiff"),
@@ -385,9 +387,9 @@ def _check_pixels(width: int, height: int, limits: MediaLimits) -> None:
         )
 
 
-ICC_MATERIAL_DIFF = 12.0
-"""Mean difference (0-255) between a picture as its ICC profile shows it and its raw samples past which the
-raw samples are judged too (a viewer that manages no colour shows those)."""
+MATERIAL_DIFF = 12.0
+"""Mean difference (0-255) between a picture as its ICC profile or gamma shows it and its raw samples past
+which the raw samples are judged too (a viewer that manages no colour shows those)."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -395,8 +397,6 @@ def _icc_transform(profile: bytes, space: str, mode: str) -> Any:
     """littleCMS's transform from an embedded profile to sRGB for pictures of ``mode`` (RGB, RGBA, L or
     CMYK), when the profile's colour space is ``space``; None when it is another one (viewers then ignore
     the profile). Raises ``PyCMSError`` (or OSError) for a profile littleCMS cannot read."""
-    from PIL import ImageCms
-
     source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
     if source.profile.xcolor_space.strip() != space:
         return None
@@ -422,54 +422,50 @@ def _as_shown(frame: Image.Image, profile: bytes | None, size: int, limits: Medi
     raw samples are judged too when they look materially different. A profile littleCMS cannot apply is
     refused: the picture cannot be judged as shown. Transparency (alpha, colour keys) is applied first and
     kept."""
-    if not profile:
-        if not gamma or not 0.01 <= float(gamma) <= 100 or abs(float(gamma) - 1 / 2.2) < 0.005 or frame.mode == "CMYK":
-            return [(frame, "")]  # no gAMA, sRGB's own, or one libpng and browsers refuse
-        source = _normalise(frame)
-        if not tile_plan(source.width, source.height, size, limits.max_tiles):
-            source = _fit(source, size)
-        lut = _gamma_lut(float(gamma))
-        table = lut * 3 + (list(range(256)) if source.mode == "RGBA" else [])
-        shown = source.point(table)
-        thumb = source.resize((64, 64), Image.Resampling.BOX)
-        diff = np.abs(np.asarray(thumb.point(table), np.int16) - np.asarray(thumb, np.int16)).mean()
-        if float(diff) > ICC_MATERIAL_DIFF:
-            return [(shown, ""), (source, " (raw samples, its gamma ignored)")]
-        return [(shown, "")]
-    from PIL import ImageCms
-
-    grey = frame.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+    apply: Callable[[Image.Image], Image.Image]
+    into = None
     try:
-        if frame.mode == "CMYK":
-            source, space, into = frame, "CMYK", "CMYK"
+        if profile:
+            what = "colour profile"
+            if frame.mode == "CMYK":
+                source, space, into = frame, "CMYK", "CMYK"
+            else:
+                source = _normalise(frame)  # RGB or RGBA, keys applied, 8 bits
+                grey = frame.mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+                space, into = ("GRAY", "L") if grey else ("RGB", source.mode)
+            transform = _icc_transform(bytes(profile), space, into)
+            if transform is None:
+                return [(frame, "")]
+
+            def apply(img: Image.Image) -> Image.Image:
+                out = ImageCms.applyTransform(img.convert("L") if into == "L" else img, transform)
+                assert out is not None
+                if into == "L" and img.mode == "RGBA":  # a grey profile: the alpha goes around it
+                    out = out.convert("RGBA")
+                    out.putalpha(img.getchannel("A"))
+                return out
+        elif gamma and 0.01 <= float(gamma) <= 100 and abs(float(gamma) - 1 / 2.2) >= 0.005 and frame.mode != "CMYK":
+            what = "gamma"  # (none, sRGB's own, or one libpng and browsers refuse: the raw samples are shown)
+            source = _normalise(frame)
+            table = _gamma_lut(float(gamma)) * 3 + (list(range(256)) if source.mode == "RGBA" else [])
+
+            def apply(img: Image.Image) -> Image.Image:
+                return img.point(table)
         else:
-            source = _normalise(frame)  # RGB or RGBA, keys applied, 8 bits
-            space, into = ("GRAY", "L") if grey else ("RGB", source.mode)
-        transform = _icc_transform(bytes(profile), space, into)
-        if transform is None:
             return [(frame, "")]
-        if into != "CMYK" and not tile_plan(source.width, source.height, size, limits.max_tiles):
-            source = _fit(source, size)  # judged as one view: colour-managed at the size it is judged (4x cheaper)
-        alpha = source.getchannel("A") if source.mode == "RGBA" and into == "L" else None
-
-        def managed(img: Image.Image) -> Image.Image:
-            out = ImageCms.applyTransform(img.convert("L") if into == "L" else img, transform)
-            assert out is not None
-            if alpha is not None and img.size == alpha.size:
-                out = out.convert("RGBA")
-                out.putalpha(alpha)
-            return out
-
-        shown = managed(source)
+        if source.mode != "CMYK" and not tile_plan(source.width, source.height, size, limits.max_tiles):
+            source = _fit(source, size)  # judged as one view: managed at the size it is judged (4x cheaper)
+        shown = apply(source)
         thumb = source.resize((64, 64), Image.Resampling.BOX)
-        shown_thumb = ImageCms.applyTransform(thumb.convert("L") if into == "L" else thumb, transform)
+        thumb_shown = apply(thumb)
     except (ImageCms.PyCMSError, OSError, ValueError) as exc:
-        raise MediaError("corrupt", f"an ICC colour profile that cannot be applied: {exc}") from None
-    assert shown_thumb is not None
-    modes = "RGBA" if shown_thumb.mode == "RGBA" else "RGB"
-    diff = np.abs(np.asarray(shown_thumb.convert(modes), np.int16) - np.asarray(thumb.convert(modes), np.int16)).mean()
-    if float(diff) > ICC_MATERIAL_DIFF:
-        return [(shown, ""), (source if source.mode != "CMYK" else frame, " (raw samples, its colour profile ignored)")]
+        kind = "an ICC colour profile" if profile else "a PNG gamma"
+        raise MediaError("corrupt", f"{kind} that cannot be applied: {exc}") from None
+    # compared with the alpha when it went through the transform, without it when it went around one
+    mode = "RGBA" if thumb_shown.mode == "RGBA" and into != "L" else "RGB"
+    diff = np.abs(np.asarray(thumb_shown.convert(mode), np.int16) - np.asarray(thumb.convert(mode), np.int16)).mean()
+    if float(diff) > MATERIAL_DIFF:
+        return [(shown, ""), (source if source.mode != "CMYK" else frame, f" (raw samples, its {what} ignored)")]
     return [(shown, "")]
 
 
@@ -548,9 +544,11 @@ def _decode_image(data: bytes, mime: str, limits: MediaLimits, size: int, c: _Co
             tile = max((max(b[2] - b[0], b[3] - b[1]) for b in boxes), default=max(width, height))
             scale = min(1.0, max(2 * size / max(width, height), size / tile))
             img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+        key_mask, gamma = None, None
         if img.format == "PNG":
             _check_png_chunks(data)
-        key_mask = _png_colour_key(data, img, total) if img.format == "PNG" else None
+            key_mask = _png_colour_key(data, img, total)
+            gamma = img.info.get("gamma") if "srgb" not in img.info else None
         try:
             orientation = img.getexif().get(0x0112, 1)
         except Exception:  # a broken EXIF block is no reason to refuse; the pixels are what we judge
@@ -572,7 +570,6 @@ def _decode_image(data: bytes, mime: str, limits: MediaLimits, size: int, c: _Co
                 if total > 1 and c.is_duplicate(_thumb(frame)):
                     continue
                 name = f"frame {index}" if total > 1 else "image"
-                gamma = img.info.get("gamma") if img.format == "PNG" and "srgb" not in img.info else None
                 for shown, how in _as_shown(frame, img.info.get("icc_profile"), size, limits, gamma):
                     c.add(_views(shown, name + how, size, limits, c, animated=total > 1))
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -859,7 +856,7 @@ def _decode_icon(data: bytes, limits: MediaLimits, size: int, c: _Collector, dep
         for i, (offset, length) in enumerate(entries):
             c.check_deadline()
             blob = data[offset:offset + length]
-            if blob.startswith(b"\x89PNG\r\n\x1a\n"):
+            if blob.startswith(PNG_MAGIC):
                 inner = _decode(blob, limits, size, c.deadline, depth + 1)
                 views = list(zip(inner.frames, inner.views, strict=True))
                 w, h = inner.width, inner.height
